@@ -1,0 +1,441 @@
+"""Caveat types and their wire codes; what they mean together is in claims.py.
+
+Each caveat is a small immutable value registered under its number (DESIGN.md's
+caveat table). Decoding never fails open: an unknown number, a value of the
+wrong shape, or a text caveat that is not `ac1:` becomes an `UnknownCaveat`,
+which denies every request; a third-party caveat denies until discharges are
+supported. Numbers are never reused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from agentcaps import wire
+from agentcaps.errors import InvalidArgument
+
+MAX_NAME_CHARS = 256
+MAX_LIST_ITEMS = 64
+MAX_RESOURCE_CHARS = 1024
+DELEGATION_ID_BYTES = 16
+
+# Names (customers, users, agents, actions, purposes, audiences) are printable
+# text: no control characters, no surrounding space.
+_NAME = re.compile(r"[^\x00-\x1f\x7f]+")
+
+
+class WrongShape(Exception):
+    """A caveat value that does not fit its type; decoding turns it into UnknownCaveat."""
+
+
+def check_name(value: object, what: str) -> str:
+    """Return `value` if it is a valid name, else raise InvalidArgument."""
+    if (
+        type(value) is not str
+        or not 0 < len(value) <= MAX_NAME_CHARS
+        or value != value.strip()
+        or not _NAME.fullmatch(value)
+    ):
+        raise InvalidArgument(f"{what} must be 1-{MAX_NAME_CHARS} printable characters")
+    return value
+
+
+def check_names(values: object, what: str) -> tuple[str, ...]:
+    """Return a non-empty list of names as a tuple, else raise InvalidArgument."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise InvalidArgument(f"{what} must be a list")
+    if not 0 < len(values) <= MAX_LIST_ITEMS:
+        raise InvalidArgument(f"{what} must have 1-{MAX_LIST_ITEMS} entries")
+    return tuple(check_name(v, what) for v in values)
+
+
+def check_resource_glob(glob: object) -> str:
+    """Return `glob` if it is a valid resource pattern, else raise InvalidArgument.
+
+    A pattern is `/`-separated segments: a literal, `*` (exactly one segment)
+    or `**` (any number of segments, none included). Empty, `.` and `..`
+    segments, and `*` inside a literal, are refused so that a pattern means one
+    thing only.
+    """
+    if (
+        type(glob) is not str
+        or not 0 < len(glob) <= MAX_RESOURCE_CHARS
+        or not _NAME.fullmatch(glob)
+    ):
+        raise InvalidArgument(
+            f"resource pattern must be 1-{MAX_RESOURCE_CHARS} printable characters"
+        )
+    for segment in glob.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidArgument(f"resource pattern {glob!r} has an empty, '.' or '..' segment")
+        if "*" in segment and segment not in ("*", "**"):
+            raise InvalidArgument(f"resource pattern {glob!r}: '*' must be a whole segment")
+    return glob
+
+
+def is_canonical_resource(resource: str) -> bool:
+    """True for a resource a pattern can match: printable, no empty, '.' or '..' segments."""
+    if not 0 < len(resource) <= MAX_RESOURCE_CHARS or not _NAME.fullmatch(resource):
+        return False
+    return all(segment not in ("", ".", "..") for segment in resource.split("/"))
+
+
+def _glob_regex(glob: str) -> str:
+    # Matched against "/" + resource, so every segment carries its own slash
+    # and `**` can stand for zero segments.
+    out = []
+    for segment in glob.split("/"):
+        if segment == "**":
+            out.append("(?:/[^/]+)*")
+        elif segment == "*":
+            out.append("/[^/]+")
+        else:
+            out.append("/" + re.escape(segment))
+    return "".join(out)
+
+
+def _str_list(value: object) -> tuple[str, ...]:
+    if type(value) is not list:
+        raise WrongShape
+    try:
+        return check_names(value, "value")
+    except InvalidArgument:
+        raise WrongShape from None
+
+
+def _str(value: object) -> str:
+    try:
+        return check_name(value, "value")
+    except InvalidArgument:
+        raise WrongShape from None
+
+
+def _unix_time(value: object) -> int:
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise WrongShape
+    return value
+
+
+class Caveat:
+    """Base of every caveat: a wire code and a value."""
+
+    __slots__ = ()
+    code: ClassVar[int]
+    name: ClassVar[str]
+
+    def wire_value(self) -> object:
+        """The msgpack value this caveat carries."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        """Build from a decoded msgpack value. Raises WrongShape."""
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """The caveat id as it goes into a macaroon."""
+        return wire.encode_caveat(self.code, self.wire_value())
+
+    def describe(self) -> object:
+        """A JSON-ready value for people reading a token."""
+        return self.wire_value()
+
+
+REGISTRY: dict[int, type[Caveat]] = {}
+
+
+def register(cls: type[Caveat]) -> type[Caveat]:
+    """Register a caveat type under its code; a code is registered once, ever."""
+    if cls.code in REGISTRY:
+        raise RuntimeError(f"caveat code {cls.code} is registered twice")
+    REGISTRY[cls.code] = cls
+    return cls
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Expires(Caveat):
+    """The token is valid only before `at` (unix seconds)."""
+
+    code: ClassVar[int] = 1
+    name: ClassVar[str] = "expires"
+    at: int
+
+    def wire_value(self) -> object:
+        return self.at
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        return cls(_unix_time(value))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class NotBefore(Caveat):
+    """The token is valid only from `at` (unix seconds) on."""
+
+    code: ClassVar[int] = 2
+    name: ClassVar[str] = "not_before"
+    at: int
+
+    def wire_value(self) -> object:
+        return self.at
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        return cls(_unix_time(value))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Principal(Caveat):
+    """The customer and user the token acts for; a second, different one conflicts."""
+
+    code: ClassVar[int] = 3
+    name: ClassVar[str] = "principal"
+    customer: str
+    user: str
+
+    def wire_value(self) -> object:
+        return [self.customer, self.user]
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        if type(value) is not list or len(value) != 2:
+            raise WrongShape
+        return cls(_str(value[0]), _str(value[1]))
+
+    def describe(self) -> object:
+        return {"customer": self.customer, "user": self.user}
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Agent(Caveat):
+    """The agent the token was minted for, its first holder; there is only one."""
+
+    code: ClassVar[int] = 4
+    name: ClassVar[str] = "agent"
+    agent: str
+
+    def wire_value(self) -> object:
+        return self.agent
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        return cls(_str(value))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Resources(Caveat):
+    """The request's resource must match one of these patterns."""
+
+    code: ClassVar[int] = 5
+    name: ClassVar[str] = "resources"
+    globs: tuple[str, ...]
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regex = "|".join(_glob_regex(g) for g in self.globs)
+        object.__setattr__(self, "_pattern", re.compile(regex))
+
+    def matches(self, resource: str) -> bool:
+        """True when `resource` (canonical) matches one of the patterns."""
+        return self._pattern.fullmatch("/" + resource) is not None
+
+    def wire_value(self) -> object:
+        return list(self.globs)
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        globs = _str_list(value)
+        try:
+            for glob in globs:
+                check_resource_glob(glob)
+        except InvalidArgument:
+            raise WrongShape from None
+        return cls(globs)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Actions(Caveat):
+    """The request's action must be one of these."""
+
+    code: ClassVar[int] = 6
+    name: ClassVar[str] = "actions"
+    actions: tuple[str, ...]
+
+    def wire_value(self) -> object:
+        return list(self.actions)
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        return cls(_str_list(value))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Purposes(Caveat):
+    """A declared purpose must be one of these; with none declared, the purposes
+    common to all such caveats must not be empty."""
+
+    code: ClassVar[int] = 7
+    name: ClassVar[str] = "purposes"
+    purposes: tuple[str, ...]
+
+    def wire_value(self) -> object:
+        return list(self.purposes)
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        return cls(_str_list(value))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Delegate(Caveat):
+    """The holder hands the token to `to_agent`; `delegation_id` names this branch."""
+
+    code: ClassVar[int] = 8
+    name: ClassVar[str] = "delegate"
+    to_agent: str
+    delegation_id: bytes
+
+    def wire_value(self) -> object:
+        return [self.to_agent, self.delegation_id]
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        if type(value) is not list or len(value) != 2:
+            raise WrongShape
+        agent, delegation_id = value
+        if type(delegation_id) is not bytes or len(delegation_id) != DELEGATION_ID_BYTES:
+            raise WrongShape
+        return cls(_str(agent), delegation_id)
+
+    def describe(self) -> object:
+        return {"to_agent": self.to_agent, "delegation_id": self.delegation_id.hex()}
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Audience(Caveat):
+    """The verifier's own audience name must be one of these."""
+
+    code: ClassVar[int] = 9
+    name: ClassVar[str] = "audience"
+    audiences: tuple[str, ...]
+
+    def wire_value(self) -> object:
+        return list(self.audiences)
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        return cls(_str_list(value))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class MaxDelegations(Caveat):
+    """At most `limit` delegate caveats may follow this one."""
+
+    code: ClassVar[int] = 10
+    name: ClassVar[str] = "max_delegations"
+    limit: int
+
+    def wire_value(self) -> object:
+        return self.limit
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        if type(value) is not int or not 0 <= value <= MAX_LIST_ITEMS:
+            raise WrongShape
+        return cls(value)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownCaveat(Caveat):
+    """A caveat this verifier does not understand; a token carrying one never verifies."""
+
+    code: ClassVar[int] = -1  # not a wire code: unknown caveats keep their bytes
+    name: ClassVar[str] = "unknown"
+    cid: bytes
+
+    def wire_value(self) -> object:
+        return self.cid
+
+    def encode(self) -> bytes:
+        return self.cid
+
+    def describe(self) -> object:
+        try:
+            return self.cid.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.cid.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class ThirdPartyCaveat(Caveat):
+    """A caveat that needs a discharge macaroon; until discharges are supported it never verifies."""
+
+    code: ClassVar[int] = -2  # not a wire code: third-party caveats are the macaroon's own
+    name: ClassVar[str] = "third_party"
+    cid: bytes
+    vid: bytes | None
+    location: bytes | None
+
+    def wire_value(self) -> object:
+        return self.cid
+
+    def encode(self) -> bytes:
+        return self.cid
+
+    def describe(self) -> object:
+        return {
+            "cid": self.cid.hex(),
+            "location": self.location.decode("utf-8", "replace") if self.location else None,
+        }
+
+
+def decode(cid: bytes) -> Caveat:
+    """The typed caveat for a caveat id; unknown text, codes and shapes give UnknownCaveat.
+
+    Raises:
+        MalformedToken: an `ac1:` caveat whose payload is not valid canonical msgpack.
+    """
+    payload = wire.decode_caveat(cid)
+    if payload is None:
+        return UnknownCaveat(cid)
+    code, value = payload
+    cls = REGISTRY.get(code)
+    if cls is None:
+        return UnknownCaveat(cid)
+    try:
+        return cls.from_wire(value)
+    except WrongShape:
+        return UnknownCaveat(cid)
+
+
+DECODED: dict[bytes, Caveat] = {}
+DECODED_MAX = 8192
+
+
+def decode_cached(cid: bytes) -> Caveat:
+    """`decode`, memoised by the exact caveat bytes.
+
+    Decoding is a pure function of the bytes, so a hit can never change a
+    decision; the cache only spares the msgpack work for caveats that recur
+    across tokens (the same scope, principal and agent). It is bounded and
+    simply emptied when full.
+    """
+    caveat = DECODED.get(cid)
+    if caveat is None:
+        caveat = decode(cid)
+        if len(DECODED) >= DECODED_MAX:
+            DECODED.clear()
+        DECODED[cid] = caveat
+    return caveat

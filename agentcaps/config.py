@@ -1,0 +1,148 @@
+"""Settings, read once from the environment (or passed in), never at import time."""
+
+from __future__ import annotations
+
+import binascii
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentcaps.errors import ConfigError
+from agentcaps.mint import DEFAULT_MAX_TTL
+from agentcaps.verify import DEFAULT_MAX_LIFETIME
+
+MEMORY_URL = "memory://"
+MASTER_KEY_BYTES = 32
+
+
+def parse_master_key(text: str) -> bytes:
+    """32 bytes from 64 hex characters or 43 characters of unpadded base64url.
+
+    Raises:
+        ConfigError: anything else; the message never repeats the value.
+    """
+    text = text.strip()
+    if len(text) == 2 * MASTER_KEY_BYTES:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    if len(text) == 43:
+        from agentcaps.errors import MalformedToken
+        from agentcaps.wire import b64decode
+
+        try:
+            key = b64decode(text)
+        except MalformedToken:
+            pass
+        else:
+            if len(key) == MASTER_KEY_BYTES:
+                return key
+    raise ConfigError(
+        "the master key must be 32 bytes: 64 hex characters or 43 of unpadded base64url"
+    )
+
+
+def read_master_key_file(path: str) -> bytes:
+    """The master key from a file holding its text form (or exactly 32 raw bytes)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the master key file {path}: {exc.strerror}") from None
+    if len(data) == MASTER_KEY_BYTES:
+        return data
+    try:
+        return parse_master_key(data.decode("ascii"))
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"the master key file {path} holds neither 32 bytes nor a key in text"
+        ) from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a deployment configures; `from_env` reads AGENTCAPS_* variables."""
+
+    redis_url: str | None = None
+    master_key: bytes | None = None
+    revocation_mode: str = "direct"
+    replica_staleness: float = 2.0
+    redis_timeout: float = 0.25
+    max_ttl: int = DEFAULT_MAX_TTL
+    max_lifetime: int = DEFAULT_MAX_LIFETIME
+    leeway: int = 0
+    wait_replicas: int | None = None  # None: as many as are connected
+
+    def __repr__(self) -> str:
+        # The master key never appears in a repr, a log line or an error.
+        shown = "set" if self.master_key else "unset"
+        return f"Settings(redis_url={self.redis_url!r}, master_key={shown}, mode={self.revocation_mode!r})"
+
+    @property
+    def url(self) -> str:
+        """The store URL, `memory://` when none is configured."""
+        return self.redis_url or MEMORY_URL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read AGENTCAPS_* variables.
+
+        Raises:
+            ConfigError: a variable that cannot be used as given.
+        """
+        env = os.environ if env is None else env
+        master_key = None
+        if env.get("AGENTCAPS_MASTER_KEY"):
+            master_key = parse_master_key(env["AGENTCAPS_MASTER_KEY"])
+        elif env.get("AGENTCAPS_MASTER_KEY_FILE"):
+            master_key = read_master_key_file(env["AGENTCAPS_MASTER_KEY_FILE"])
+        mode = env.get("AGENTCAPS_REVOCATION_MODE") or "direct"
+        if mode not in ("direct", "replica"):
+            raise ConfigError("AGENTCAPS_REVOCATION_MODE must be direct or replica")
+        wait_raw = env.get("AGENTCAPS_WAIT_REPLICAS", "")
+        wait_replicas = (
+            None if wait_raw in ("", "auto") else _int(env, "AGENTCAPS_WAIT_REPLICAS", 0)
+        )
+        return cls(
+            redis_url=env.get("AGENTCAPS_REDIS_URL") or None,
+            master_key=master_key,
+            revocation_mode=mode,
+            replica_staleness=_float(env, "AGENTCAPS_REPLICA_STALENESS", 2.0, 0.1),
+            redis_timeout=_float(env, "AGENTCAPS_REDIS_TIMEOUT", 0.25, 0.01),
+            max_ttl=_int(env, "AGENTCAPS_MAX_TTL", DEFAULT_MAX_TTL, 1),
+            max_lifetime=_int(env, "AGENTCAPS_MAX_LIFETIME", DEFAULT_MAX_LIFETIME, 1),
+            leeway=_int(env, "AGENTCAPS_LEEWAY", 0),
+            wait_replicas=wait_replicas,
+        )
+
+
+def new_master_key_text() -> str:
+    """A fresh master key as 64 hex characters, for `agentcaps master-key`."""
+    return binascii.hexlify(os.urandom(MASTER_KEY_BYTES)).decode("ascii")

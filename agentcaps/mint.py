@@ -1,0 +1,249 @@
+"""Minting tokens with a root key, and narrowing them offline with `attenuate`.
+
+Minting needs a KeyStore; attenuation needs nothing but the token: appending a
+caveat and extending the HMAC chain from the token's own signature is exactly
+what macaroons allow any holder to do, and it can only take permissions away.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agentcaps import caveats as cv
+from agentcaps import signature, wire
+from agentcaps.claims import decode_unverified
+from agentcaps.errors import InvalidArgument
+from agentcaps.keys import KeyStore
+
+Clock = Callable[[], float]
+
+# A token's ttl is capped at mint; the verifier enforces a hard cap of its own.
+DEFAULT_MAX_TTL = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    """A freshly minted token and the facts an issuer needs to record about it."""
+
+    token: str
+    token_id: str
+    key_id: str
+    issued_at: int
+    expires_at: int
+
+    def __str__(self) -> str:
+        return self.token
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready view, token included: treat it as a secret."""
+        return {
+            "token": self.token,
+            "token_id": self.token_id,
+            "key_id": self.key_id,
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+        }
+
+
+def _check_ttl(ttl: object, max_ttl: int | None = None) -> int:
+    if type(ttl) is not int or ttl <= 0:
+        raise InvalidArgument("ttl must be a positive whole number of seconds")
+    if max_ttl is not None and ttl > max_ttl:
+        raise InvalidArgument(f"ttl must be at most {max_ttl} seconds")
+    return ttl
+
+
+def _check_limit(value: object) -> int:
+    if type(value) is not int or not 0 <= value <= cv.MAX_LIST_ITEMS:
+        raise InvalidArgument(
+            f"max_delegations must be a whole number from 0 to {cv.MAX_LIST_ITEMS}"
+        )
+    return value
+
+
+def _check_time(value: object, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise InvalidArgument(f"{what} must be a unix time in whole seconds")
+    return value
+
+
+def _scope_caveats(
+    resources: Sequence[str] | None,
+    actions: Sequence[str] | None,
+    purposes: Sequence[str] | None,
+    audience: Sequence[str] | None,
+) -> list[cv.Caveat]:
+    out: list[cv.Caveat] = []
+    if resources is not None:
+        names = cv.check_names(resources, "resources")
+        out.append(cv.Resources(tuple(cv.check_resource_glob(g) for g in names)))
+    if actions is not None:
+        out.append(cv.Actions(cv.check_names(actions, "actions")))
+    if purposes is not None:
+        out.append(cv.Purposes(cv.check_names(purposes, "purposes")))
+    if audience is not None:
+        out.append(cv.Audience(cv.check_names(audience, "audience")))
+    return out
+
+
+class Minter:
+    """Mints tokens with the active root key of the customer they are for.
+
+    Args:
+        keys: where root keys live.
+        clock: returns unix time; injected so tests and replays control it.
+        max_ttl: the longest ttl `mint` accepts, in seconds.
+    """
+
+    def __init__(
+        self, keys: KeyStore, *, clock: Clock = time.time, max_ttl: int = DEFAULT_MAX_TTL
+    ) -> None:
+        self._keys = keys
+        self._clock = clock
+        self._max_ttl = max_ttl
+
+    def mint(
+        self,
+        *,
+        customer: str,
+        user: str,
+        agent: str,
+        resources: Sequence[str],
+        actions: Sequence[str],
+        purposes: Sequence[str],
+        ttl: int,
+        audience: Sequence[str] | None = None,
+        max_delegations: int | None = None,
+        not_before: int | None = None,
+        platform_key: bool = False,
+    ) -> str:
+        """Mint a token for `agent` acting for `user` of `customer`; return the token string.
+
+        The token carries exactly one principal, one agent, the scope
+        (resources, actions, purposes), an expiry `ttl` seconds from now, and
+        optionally an audience, a delegation limit and a start time.
+
+        Raises:
+            InvalidArgument: a value that cannot go into a token.
+            StoreUnavailable: the key store did not answer.
+        """
+        return self.issue(
+            customer=customer,
+            user=user,
+            agent=agent,
+            resources=resources,
+            actions=actions,
+            purposes=purposes,
+            ttl=ttl,
+            audience=audience,
+            max_delegations=max_delegations,
+            not_before=not_before,
+            platform_key=platform_key,
+        ).token
+
+    def issue(
+        self,
+        *,
+        customer: str,
+        user: str,
+        agent: str,
+        resources: Sequence[str],
+        actions: Sequence[str],
+        purposes: Sequence[str],
+        ttl: int,
+        audience: Sequence[str] | None = None,
+        max_delegations: int | None = None,
+        not_before: int | None = None,
+        platform_key: bool = False,
+    ) -> MintedToken:
+        """`mint`, returning the token with its id, key id and times.
+
+        The customer's active key signs, unless `platform_key` asks for the
+        platform's (the service's own admin and issuer tokens).
+        """
+        principal = cv.Principal(cv.check_name(customer, "customer"), cv.check_name(user, "user"))
+        first_holder = cv.Agent(cv.check_name(agent, "agent"))
+        ttl = _check_ttl(ttl, self._max_ttl)
+        for name, value in (("resources", resources), ("actions", actions), ("purposes", purposes)):
+            if value is None:
+                raise InvalidArgument(f"{name} is required")
+        caveats: list[cv.Caveat] = [principal, first_holder]
+        caveats += _scope_caveats(resources, actions, purposes, audience)
+        now = int(self._clock())
+        expires_at = now + ttl
+        caveats.append(cv.Expires(expires_at))
+        if not_before is not None:
+            caveats.append(cv.NotBefore(_check_time(not_before, "not_before")))
+        if max_delegations is not None:
+            caveats.append(cv.MaxDelegations(_check_limit(max_delegations)))
+
+        key = self._keys.signing_key(None if platform_key else customer)
+        tid = secrets.token_bytes(wire.TOKEN_ID_BYTES)
+        identifier = wire.encode_identifier(wire.Identifier(key.kid, tid, now))
+        cids = tuple(c.encode() for c in caveats)
+        sig = signature.chain(key.derived, identifier, cids)
+        token = wire.encode_token(wire.RawMacaroon(identifier, cids, sig))
+        return MintedToken(token, tid.hex(), key.kid, now, expires_at)
+
+
+def attenuate(
+    token: str,
+    *,
+    resources: Sequence[str] | None = None,
+    actions: Sequence[str] | None = None,
+    purposes: Sequence[str] | None = None,
+    ttl: int | None = None,
+    expires_at: int | None = None,
+    delegate_to: str | None = None,
+    audience: Sequence[str] | None = None,
+    max_delegations: int | None = None,
+    clock: Clock = time.time,
+    limits: wire.Limits = wire.DEFAULT_LIMITS,
+) -> str:
+    """Narrow a token offline, with no key and no network; return the new token.
+
+    Each option appends one caveat, so the result allows at most what `token`
+    allows: `resources`, `actions`, `purposes` and `audience` intersect with
+    what is there; `ttl` (seconds from now) or `expires_at` (unix time) can
+    only shorten its life; `delegate_to` hands it to another agent under a
+    fresh delegation id; `max_delegations` limits further delegations (counted
+    after `delegate_to`, so `delegate_to="b", max_delegations=0` stops at b).
+
+    Raises:
+        InvalidArgument: a bad option, nothing to add, or a result over `limits`.
+        MalformedToken, TokenTooLarge: `token` is not a token.
+    """
+    if ttl is not None and expires_at is not None:
+        raise InvalidArgument("give ttl or expires_at, not both")
+    raw = decode_unverified(token, limits).raw
+    caveats = _scope_caveats(resources, actions, purposes, audience)
+    if ttl is not None:
+        caveats.append(cv.Expires(int(clock()) + _check_ttl(ttl)))
+    if expires_at is not None:
+        caveats.append(cv.Expires(_check_time(expires_at, "expires_at")))
+    if delegate_to is not None:
+        caveats.append(
+            cv.Delegate(
+                cv.check_name(delegate_to, "delegate_to"),
+                secrets.token_bytes(cv.DELEGATION_ID_BYTES),
+            )
+        )
+    if max_delegations is not None:
+        caveats.append(cv.MaxDelegations(_check_limit(max_delegations)))
+    if not caveats:
+        raise InvalidArgument("attenuate needs at least one option")
+
+    new_cids = [c.encode() for c in caveats]
+    if len(raw.cids) + len(new_cids) > limits.max_caveats:
+        raise InvalidArgument(f"a token carries at most {limits.max_caveats} caveats")
+    sig = raw.signature
+    for cid in new_cids:
+        sig = signature.extend(sig, cid)
+    narrowed = raw._replace(cids=raw.cids + tuple(new_cids), signature=sig)
+    out = wire.encode_token(narrowed)
+    if len(out) > limits.max_token_bytes:
+        raise InvalidArgument(f"a token is at most {limits.max_token_bytes} bytes")
+    return out

@@ -1,0 +1,1 @@
+"""Store implementations; `redis.py` is the only module that imports redis."""

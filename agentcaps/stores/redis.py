@@ -1,0 +1,950 @@
+"""The Redis key and revocation stores: the only module that talks to Redis.
+
+`memory://` runs this very code over fakeredis in-process (the embedded
+default), so there is one implementation to trust. Redis errors become
+StoreUnavailable here, at the edge; no other module sees a Redis type.
+
+Layout. Every key carries one hash tag, so on Redis Cluster they share a slot
+and the Lua scripts below can change several of them atomically:
+
+    <ns>:{ac}:keys:<kid>   hash: customer, state, created_at, blob (AES-GCM)
+    <ns>:{ac}:keys:index   zset: kid by creation time
+    <ns>:{ac}:keys:active  hash: owner -> active kid ("" is the platform)
+    <ns>:{ac}:keys:check   the master key check value
+    <ns>:{ac}:rv           hash: revocation field -> value (see revocation.py)
+    <ns>:{ac}:rv:expiry    zset: revocation field by expiry, for pruning
+    <ns>:{ac}:rv:meta      hash: epoch, recovery, seq
+    <ns>:{ac}:rv:events    stream: one event per revocation, for replicas
+
+Safety against data loss: `rv:meta` holds an epoch (made once per store) and a
+sequence number bumped by every revocation. Each process remembers the epoch
+and the highest sequence it has seen; an epoch that vanished or changed, or a
+sequence that went backwards, means revocations were lost (FLUSHALL, a restart
+without persistence, a failover to a replica that missed writes), and every
+check fails closed until an operator runs `agentcaps revocations recover`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from agentcaps.config import MASTER_KEY_BYTES, MEMORY_URL, Settings
+from agentcaps.decision import Reason
+from agentcaps.errors import (
+    ConfigError,
+    InvalidArgument,
+    NothingPersistsWarning,
+    RevocationStateLost,
+    StoreUnavailable,
+    UnknownKey,
+)
+from agentcaps.keys import KeyState, RootKey, new_key_id, new_secret
+from agentcaps.mint import Minter
+from agentcaps.revocation import (
+    Revocation,
+    RevocationIndex,
+    RevocationKind,
+    TokenFacts,
+    default_expiry,
+    entry_times,
+    fields_for,
+    judge,
+)
+from agentcaps.verify import Verifier
+
+log = logging.getLogger("agentcaps.stores")
+
+Clock = Callable[[], float]
+
+_PLATFORM = ""  # the owner name of platform keys in keys:active
+_CHECK_PLAINTEXT = b"agentcaps master key check v1"
+_NEGATIVE_CACHE_SECONDS = 1.0
+_STREAM_MAXLEN = 100_000
+_PRUNE_PER_WRITE = 500
+_SCAN_COUNT = 1000
+
+MEMORY_WARNING = (
+    "agentcaps is running on memory:// (the embedded default): keys and revocations "
+    "live in this process only and are lost when it exits. Set AGENTCAPS_REDIS_URL "
+    "for anything that must persist."
+)
+
+
+class Layout:
+    """Key names under one namespace and one hash tag."""
+
+    def __init__(self, namespace: str = "agentcaps") -> None:
+        base = f"{namespace}:{{ac}}:"
+        self.keys_index = base + "keys:index"
+        self.keys_active = base + "keys:active"
+        self.keys_check = base + "keys:check"
+        self.rv = base + "rv"
+        self.rv_expiry = base + "rv:expiry"
+        self.rv_meta = base + "rv:meta"
+        self.rv_events = base + "rv:events"
+        self._key_prefix = base + "keys:k:"
+
+    def key(self, kid: str) -> str:
+        return self._key_prefix + kid
+
+
+# Records one revocation entry, bumps the sequence, appends the event and prunes
+# a bounded number of expired entries. Refuses to write into a store whose
+# epoch is missing or not the one the writer knows: that store lost data.
+#   KEYS: rv, rv:expiry, rv:meta, rv:events
+#   ARGV: epoch, field, value, expires_at, now, stream maxlen, prune limit
+_RECORD = """
+local epoch = redis.call('HGET', KEYS[3], 'epoch')
+if not epoch then return redis.error_reply('AGENTCAPS_NO_EPOCH') end
+if epoch ~= ARGV[1] then return redis.error_reply('AGENTCAPS_EPOCH_CHANGED') end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'seq', seq, 'field', ARGV[2], 'value', ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[5], 'LIMIT', 0, ARGV[7])
+for _, f in ipairs(expired) do
+  redis.call('HDEL', KEYS[1], f)
+  redis.call('ZREM', KEYS[2], f)
+end
+"""
+
+_REVOKE_SCRIPT = _RECORD + "return seq\n"
+
+# Revoking a root key: its record says so for good, it stops being anyone's
+# active key, and a revocation entry reaches every verifier (key_revoked).
+#   KEYS: rv, rv:expiry, rv:meta, rv:events, key record, keys:active
+#   ARGV: as _RECORD, then the owner name in keys:active
+_REVOKE_KEY_SCRIPT = (
+    """
+if redis.call('EXISTS', KEYS[5]) == 0 then return redis.error_reply('AGENTCAPS_UNKNOWN_KEY') end
+"""
+    + _RECORD
+    + """
+redis.call('HSET', KEYS[5], 'state', 'revoked')
+if redis.call('HGET', KEYS[6], ARGV[8]) == ARGV[2]:sub(2) then redis.call('HDEL', KEYS[6], ARGV[8]) end
+return seq
+"""
+)
+
+# Makes `kid` the active key of its owner; the previous active key (if any)
+# becomes verify-only. With ARGV[5] == '1' it only does so when the owner has
+# no active key yet, and returns the existing one instead.
+#   KEYS: new key record, keys:index, keys:active, key prefix (for the old record)
+#   ARGV: kid, owner, created_at, blob, only-if-absent
+_ACTIVATE_SCRIPT = """
+local current = redis.call('HGET', KEYS[3], ARGV[2])
+if current and ARGV[5] == '1' then return current end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'state', 'active', 'created_at', ARGV[3], 'blob', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if current then
+  local old = KEYS[4] .. current
+  if redis.call('HGET', old, 'state') == 'active' then redis.call('HSET', old, 'state', 'verify-only') end
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
+return ARGV[1]
+"""
+
+
+def _unavailable(exc: Exception) -> StoreUnavailable:
+    # The message names the failure class only: Redis errors can echo
+    # arguments, and arguments can be secrets.
+    return StoreUnavailable(f"Redis unavailable ({type(exc).__name__})")
+
+
+class EpochWatch:
+    """Remembers the store's epoch and sequence, and notices when either went back.
+
+    Once a loss is seen it sticks: every check fails closed until the store
+    carries a recovery epoch (made by `agentcaps revocations recover`).
+    """
+
+    def __init__(self) -> None:
+        self.epoch: bytes | None = None
+        self.seq = 0
+        self.lost: str | None = None
+        self._lock = threading.Lock()
+
+    def observe(
+        self, epoch: bytes | None, recovery: bytes | None, seq: bytes | int | None, floor: int
+    ) -> None:
+        """Check one reading of rv:meta. Raises RevocationStateLost.
+
+        `floor` is the sequence this process knew when it sent the read: a
+        reading can lag writes that finished after it was sent, never before.
+        """
+        seq_now = int(seq or 0)
+        with self._lock:
+            if epoch is None:
+                self.lost = self.lost or (
+                    "the revocation store has no epoch: Redis was flushed or restarted without "
+                    "its data, so revocations may be lost. Restore it, or run "
+                    "`agentcaps revocations recover` to accept the loss"
+                )
+            elif self.epoch is None or (epoch != self.epoch and recovery == b"1"):
+                # First sight, or an operator's recovery: start from here.
+                self.epoch, self.seq, self.lost = epoch, seq_now, None
+            elif epoch != self.epoch:
+                self.lost = self.lost or (
+                    "the revocation store's epoch changed: it was replaced by an empty or "
+                    "different store, so revocations may be lost. Run "
+                    "`agentcaps revocations recover` once it is understood"
+                )
+            elif seq_now < floor:
+                self.lost = self.lost or (
+                    f"the revocation store went back from sequence {floor} to {seq_now}: "
+                    "acknowledged revocations are missing (a failover to a stale replica, or "
+                    "a restore from an old snapshot). Run `agentcaps revocations recover` "
+                    "once it is understood"
+                )
+            elif self.lost is None:
+                self.seq = max(self.seq, seq_now)
+            if self.lost is not None:
+                raise RevocationStateLost(self.lost)
+
+    def advance(self, seq: int) -> None:
+        """Note a sequence number seen in the event stream."""
+        with self._lock:
+            self.seq = max(self.seq, seq)
+
+
+class RedisKeyStore:
+    """Root keys in Redis, encrypted with AES-GCM under the master key.
+
+    Key material is cached in-process after the first read: a key's secret
+    never changes, and its revocation reaches verifiers as a revocation entry.
+    Unknown key ids are remembered briefly so that forged ids cannot make every
+    request a Redis round trip.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        master_key: bytes,
+        *,
+        layout: Layout,
+        clock: Clock = time.time,
+        revocations: RedisRevocationStore,
+    ) -> None:
+        if len(master_key) != MASTER_KEY_BYTES:
+            raise ConfigError("the master key must be 32 bytes")
+        self._client = client
+        self._aead = AESGCM(master_key)
+        self._layout = layout
+        self._clock = clock
+        self._revocations = revocations
+        self._cache: dict[str, RootKey] = {}
+        self._missing: dict[str, float] = {}
+        self._checked = False
+        self._activate = client.register_script(_ACTIVATE_SCRIPT)
+        self._revoke = client.register_script(_REVOKE_KEY_SCRIPT)
+
+    # -- encryption --------------------------------------------------------
+
+    def _seal(self, kid: str, secret: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, secret, b"agentcaps root key " + kid.encode())
+
+    def _open(self, kid: str, blob: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], b"agentcaps root key " + kid.encode())
+        except InvalidTag:
+            raise ConfigError(
+                f"root key {kid} does not decrypt: the master key is not the one it was stored with"
+            ) from None
+
+    def check_master_key(self) -> None:
+        """Make sure the master key is the one this store's keys were sealed with.
+
+        The first process to use a store records a check value; later ones
+        refuse to start with a different master key.
+
+        Raises:
+            ConfigError: the master key does not match.
+            StoreUnavailable: Redis did not answer.
+        """
+        if self._checked:
+            return
+        try:
+            stored = self._client.get(self._layout.keys_check)
+            if stored is None:
+                nonce = secrets.token_bytes(12)
+                sealed = nonce + self._aead.encrypt(nonce, _CHECK_PLAINTEXT, b"check")
+                self._client.set(self._layout.keys_check, sealed, nx=True)
+                stored = self._client.get(self._layout.keys_check)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        try:
+            self._aead.decrypt(stored[:12], stored[12:], b"check")
+        except (InvalidTag, TypeError):
+            raise ConfigError(
+                "AGENTCAPS_MASTER_KEY is not the master key this store's root keys were encrypted with"
+            ) from None
+        self._checked = True
+
+    # -- reading -----------------------------------------------------------
+
+    def _load(self, kid: str) -> RootKey | None:
+        try:
+            record = self._client.hgetall(self._layout.key(kid))
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        if not record:
+            return None
+        owner = record[b"owner"].decode()
+        return RootKey(
+            kid=kid,
+            customer=owner or None,
+            state=KeyState(record[b"state"].decode()),
+            created_at=int(record[b"created_at"]),
+            secret=self._open(kid, record[b"blob"]),
+        )
+
+    def get(self, kid: str) -> RootKey | None:
+        """The key with this id, from the local cache when possible."""
+        key = self._cache.get(kid)
+        if key is not None:
+            return key
+        now = time.monotonic()
+        if self._missing.get(kid, 0.0) > now:
+            return None
+        key = self._load(kid)
+        if key is None:
+            if len(self._missing) > 10_000:
+                self._missing.clear()
+            self._missing[kid] = now + _NEGATIVE_CACHE_SECONDS
+            return None
+        self._cache[kid] = key
+        return key
+
+    def fresh(self, kid: str) -> RootKey:
+        """The key with this id as Redis has it now (state included).
+
+        Raises:
+            UnknownKey: no such key.
+        """
+        key = self._load(kid)
+        if key is None:
+            raise UnknownKey(f"no root key {kid}")
+        self._cache[kid] = key
+        return key
+
+    def list(self) -> list[RootKey]:
+        """Every key, newest first."""
+        try:
+            kids = self._client.zrevrange(self._layout.keys_index, 0, -1)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        keys = (self._load(kid.decode()) for kid in kids)
+        return [k for k in keys if k is not None]
+
+    # -- writing -----------------------------------------------------------
+
+    def _activate_new(self, owner: str | None, only_if_absent: bool) -> RootKey:
+        self.check_master_key()
+        self._revocations.ensure_epoch()
+        kid = new_key_id()
+        secret = new_secret()
+        created_at = int(self._clock())
+        layout = self._layout
+        try:
+            active = self._activate(
+                keys=[layout.key(kid), layout.keys_index, layout.keys_active, layout.key("")],
+                args=[
+                    kid,
+                    owner or _PLATFORM,
+                    created_at,
+                    self._seal(kid, secret),
+                    "1" if only_if_absent else "0",
+                ],
+            )
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        active_kid = active.decode()
+        if active_kid != kid:
+            return self.fresh(active_kid)
+        key = RootKey(kid, owner or None, KeyState.ACTIVE, created_at, secret)
+        self._cache[kid] = key
+        return key
+
+    def signing_key(self, customer: str | None) -> RootKey:
+        """The active key of `customer` (None: the platform), created on first use.
+
+        Read from Redis on every call, so a rotation or revocation made by any
+        process takes effect on the very next mint.
+        """
+        try:
+            kid = self._client.hget(self._layout.keys_active, customer or _PLATFORM)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        if kid is None:
+            return self._activate_new(customer, only_if_absent=True)
+        key = self.get(kid.decode())
+        if key is None:
+            raise StoreUnavailable(f"active key {kid.decode()} has no record")
+        return key
+
+    def create(self, customer: str | None) -> RootKey:
+        """A new active key for `customer`; the previous active one becomes verify-only."""
+        return self._activate_new(customer, only_if_absent=False)
+
+    def rotate(self, kid: str) -> RootKey:
+        """A new active key for the owner of `kid`, which becomes verify-only.
+
+        Raises:
+            UnknownKey: no such key.
+            InvalidArgument: the key is revoked.
+        """
+        old = self.fresh(kid)
+        if old.state is KeyState.REVOKED:
+            raise InvalidArgument(f"root key {kid} is revoked; create a new key instead")
+        return self._activate_new(old.customer, only_if_absent=False)
+
+    def revoke(self, kid: str, *, reason: str = "", by: str = "") -> RootKey:
+        """Revoke `kid`: every token it signed is denied with `key_revoked`, everywhere.
+
+        Raises:
+            UnknownKey: no such key.
+        """
+        old = self.fresh(kid)
+        revocation = self._revocations.stamp(
+            Revocation(RevocationKind.KEY, (kid,), int(self._clock()), reason=reason, by=by)
+        )
+        layout = self._layout
+        self._revocations.write(
+            self._revoke,
+            revocation,
+            extra_keys=[layout.key(kid), layout.keys_active],
+            extra_args=[old.customer or _PLATFORM],
+        )
+        return self.fresh(kid)
+
+
+class RedisRevocationStore:
+    """Revocations in Redis, checked with one pipelined round trip per verification.
+
+    Args:
+        client: the Redis client (timeouts set, no retries).
+        layout: key names.
+        clock: unix time, for revocation times and expiry.
+        max_lifetime: the verifiers' hard cap on token age; entries are kept
+            that long (plus `leeway`) and no longer.
+        wait_replicas: replicas that must confirm each revocation (WAIT);
+            None asks Redis how many are connected, each time.
+        wait_timeout: seconds WAIT may take before the revocation is reported
+            as not durable.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        layout: Layout,
+        clock: Clock = time.time,
+        max_lifetime: int,
+        leeway: int = 0,
+        wait_replicas: int | None = None,
+        wait_timeout: float = 1.0,
+        count_replicas: bool = True,
+    ) -> None:
+        self._client = client
+        self._layout = layout
+        self._clock = clock
+        self._max_lifetime = max_lifetime
+        self._leeway = leeway
+        self._wait_replicas = wait_replicas
+        self._wait_timeout = wait_timeout
+        self._count_replicas = count_replicas
+        self.watch = EpochWatch()
+        self._script = client.register_script(_REVOKE_SCRIPT)
+
+    # -- epoch -------------------------------------------------------------
+
+    def ensure_epoch(self) -> None:
+        """Give a brand-new store its epoch; a store that has one keeps it.
+
+        Writers call this; verifiers never do, so a store that lost its epoch
+        stays visibly lost to every process that knew it.
+        """
+        floor = self.watch.seq
+        try:
+            self._client.hsetnx(self._layout.rv_meta, "epoch", secrets.token_hex(16))
+            epoch, recovery, seq = self._client.hmget(
+                self._layout.rv_meta, "epoch", "recovery", "seq"
+            )
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        self.watch.observe(epoch, recovery, seq, floor)
+
+    def recover(self) -> str:
+        """Operator action after a detected loss: start a new, recovery epoch.
+
+        Every process accepts a recovery epoch and stops failing closed. The
+        revocations that were lost stay lost: rotate or revoke the root keys
+        whose tokens must not come back.
+        """
+        epoch = secrets.token_hex(16)
+        try:
+            self._client.hset(
+                self._layout.rv_meta,
+                mapping={"epoch": epoch, "recovery": "1", "recovered_at": int(self._clock())},
+            )
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        self.watch.observe(epoch.encode(), b"1", None, 0)
+        return epoch
+
+    def observe(
+        self, epoch: bytes | None, recovery: bytes | None, seq: bytes | int | None, floor: int
+    ) -> None:
+        """Check a reading of rv:meta, sent when this process knew sequence `floor`.
+
+        A process that never saw an epoch may start one.
+
+        A store without an epoch is either brand new or lost its data. To a
+        process that has seen no epoch yet both look alike and both are safe to
+        start afresh: it holds no keys or revocations from before. A process
+        that remembers an epoch reports the loss instead (EpochWatch).
+
+        Raises:
+            RevocationStateLost: this process saw revocations the store no longer has.
+        """
+        if epoch is None and self.watch.epoch is None:
+            self.ensure_epoch()
+        else:
+            self.watch.observe(epoch, recovery, seq, floor)
+
+    def meta(self) -> dict[str, str]:
+        """The raw rv:meta hash, for `doctor` and readiness."""
+        try:
+            raw = self._client.hgetall(self._layout.rv_meta)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    # -- writing -----------------------------------------------------------
+
+    def stamp(self, revocation: Revocation) -> Revocation:
+        """Fill in the expiry a revocation's entry gets: never past the longest token life."""
+        default = default_expiry(revocation.revoked_at, self._max_lifetime, self._leeway)
+        expires_at = (
+            default
+            if revocation.expires_at is None
+            else min(revocation.expires_at + self._leeway, default)
+        )
+        return Revocation(
+            revocation.kind,
+            revocation.subject,
+            revocation.revoked_at,
+            expires_at,
+            revocation.reason,
+            revocation.by,
+        )
+
+    def write(
+        self,
+        script: Any,
+        revocation: Revocation,
+        *,
+        extra_keys: Sequence[str] = (),
+        extra_args: Sequence[object] = (),
+    ) -> int:
+        """Run a recording script for `revocation`; return its sequence number once durable."""
+        self.ensure_epoch()
+        layout = self._layout
+        assert revocation.expires_at is not None
+        try:
+            seq = script(
+                keys=[layout.rv, layout.rv_expiry, layout.rv_meta, layout.rv_events, *extra_keys],
+                args=[
+                    self.watch.epoch,
+                    revocation.field(),
+                    revocation.value(),
+                    revocation.expires_at,
+                    int(self._clock()),
+                    _STREAM_MAXLEN,
+                    _PRUNE_PER_WRITE,
+                    *extra_args,
+                ],
+            )
+        except redis.ResponseError as exc:
+            text = str(exc)
+            if "AGENTCAPS_UNKNOWN_KEY" in text:
+                raise UnknownKey(f"no root key {revocation.subject[0]}") from None
+            if "AGENTCAPS_NO_EPOCH" in text or "AGENTCAPS_EPOCH_CHANGED" in text:
+                # The store lost its data between our epoch check and the write.
+                self.ensure_epoch()
+            raise _unavailable(exc) from None
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        self.watch.advance(int(seq))
+        self._wait_for_replicas()
+        return int(seq)
+
+    def _wait_for_replicas(self) -> None:
+        wanted = self._wait_replicas
+        try:
+            if wanted is None:
+                if not self._count_replicas:
+                    return
+                info = self._client.info("replication")
+                wanted = int(info.get("connected_slaves", 0))
+            if wanted <= 0:
+                return
+            acked = int(self._client.wait(wanted, int(self._wait_timeout * 1000)))
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        if acked < wanted:
+            raise StoreUnavailable(
+                f"revocation written to the primary but confirmed by {acked} of {wanted} replicas; "
+                "it is not acknowledged"
+            )
+
+    def revoke(self, revocation: Revocation) -> Revocation:
+        """Record a revocation; return it as stored, once Redis (and its replicas) have it.
+
+        A key revocation goes through RedisKeyStore.revoke, which also marks the key.
+
+        Raises:
+            StoreUnavailable: not recorded, or not confirmed durable.
+        """
+        if revocation.kind is RevocationKind.KEY:
+            raise InvalidArgument("revoke a root key through the key store (keys.revoke)")
+        stamped = self.stamp(revocation)
+        self.write(self._script, stamped)
+        return stamped
+
+    # -- reading -----------------------------------------------------------
+
+    def _read_meta(self, pipe: Any) -> None:
+        pipe.hmget(self._layout.rv_meta, "epoch", "recovery", "seq")
+
+    def check(self, facts: TokenFacts) -> Reason | None:
+        """Ask Redis, in one round trip, whether anything revokes this token."""
+        fields = fields_for(facts)
+        floor = self.watch.seq
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            self._read_meta(pipe)
+            pipe.hmget(self._layout.rv, fields)
+            (epoch, recovery, seq), values = pipe.execute()
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        self.observe(epoch, recovery, seq, floor)
+        return judge(facts, fields, [None if v is None else entry_times(v)[0] for v in values])
+
+    def list(self) -> list[Revocation]:
+        """Every live revocation, newest first."""
+        now = int(self._clock())
+        return sorted(
+            (Revocation.from_entry(f, v) for f, v in self.entries(now).items()),
+            key=lambda r: r.revoked_at,
+            reverse=True,
+        )
+
+    def entries(self, now: int) -> dict[bytes, bytes]:
+        """Every live entry, field -> value, read in chunks so Redis never stalls."""
+        out: dict[bytes, bytes] = {}
+        try:
+            for f, v in self._client.hscan_iter(self._layout.rv, count=_SCAN_COUNT):
+                if entry_times(v)[1] > now:
+                    out[f] = v
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        return out
+
+    def snapshot(self) -> tuple[bytes | None, bytes | None, int, bytes]:
+        """(epoch, recovery, seq, last stream id), read atomically and checked."""
+        layout = self._layout
+        floor = self.watch.seq
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            self._read_meta(pipe)
+            pipe.xrevrange(layout.rv_events, count=1)
+            (epoch, recovery, seq), last = pipe.execute()
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        self.observe(epoch, recovery, seq, floor)
+        return epoch, recovery, int(seq or 0), last[0][0] if last else b"0-0"
+
+
+class ReplicaRevocationStore:
+    """Checks revocations against a local index kept current from the event stream.
+
+    A background thread loads every entry, then follows the stream with a
+    blocking read. Each answered read confirms the index as of when it was
+    sent; a check made more than `staleness` seconds after the last
+    confirmation fails closed (`revocation_unavailable`), as does one made
+    after a detected loss. A gap in the event sequence (the stream was trimmed
+    past us, or we reconnected) triggers a full reload.
+    """
+
+    def __init__(
+        self,
+        store: RedisRevocationStore,
+        follow_client: redis.Redis,
+        *,
+        layout: Layout,
+        staleness: float = 2.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self._store = store
+        self._client = follow_client
+        self._layout = layout
+        self._staleness = staleness
+        self._clock = clock
+        self._block_ms = max(10, int(staleness * 1000 / 4))
+        self.index = RevocationIndex()
+        self._confirmed_at = float("-inf")
+        self._last_id = b"0-0"
+        self._applied_seq = 0  # the sequence the index is complete up to
+        self._reload_needed = True
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="agentcaps-revocation-replica", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def watch(self) -> EpochWatch:
+        return self._store.watch
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the first full load is done; False on timeout."""
+        return self._ready.wait(timeout)
+
+    def lag(self) -> float:
+        """Seconds since the index was last confirmed current."""
+        return time.monotonic() - self._confirmed_at
+
+    def check(self, facts: TokenFacts) -> Reason | None:
+        """Judge against the local index, if it is known to be fresh."""
+        if self.watch.lost is not None:
+            raise RevocationStateLost(self.watch.lost)
+        if time.monotonic() - self._confirmed_at > self._staleness:
+            raise StoreUnavailable("revocation replica is staler than its bound")
+        return self.index.check(facts)
+
+    def revoke(self, revocation: Revocation) -> Revocation:
+        """Record through Redis; the stream brings it back into every replica."""
+        return self._store.revoke(revocation)
+
+    def list(self) -> list[Revocation]:
+        return self._store.list()
+
+    def close(self) -> None:
+        """Stop following; checks fail closed from now on."""
+        self._stop.set()
+        self._confirmed_at = float("-inf")
+        self._thread.join(timeout=self._block_ms / 1000 + 1.0)
+
+    # -- the follower thread -------------------------------------------------
+
+    def _reload(self) -> None:
+        started = time.monotonic()
+        _epoch, _recovery, seq, last_id = self._store.snapshot()
+        entries = self._store.entries(int(self._clock()))
+        index: dict[bytes, tuple[int, int]] = {f: entry_times(v) for f, v in entries.items()}
+        self.index.replace(index)
+        self._last_id = last_id
+        self._applied_seq = seq
+        self._reload_needed = False
+        self._confirmed_at = started
+        self._ready.set()
+        log.info("revocation replica loaded %d entries at sequence %d", len(index), seq)
+
+    def _follow_once(self) -> None:
+        sent = time.monotonic()
+        floor = self.watch.seq
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hmget(self._layout.rv_meta, "epoch", "recovery", "seq")
+        pipe.xread({self._layout.rv_events: self._last_id}, block=self._block_ms, count=1000)
+        (epoch, recovery, seq), reply = pipe.execute()
+        self._store.observe(epoch, recovery, seq, floor)
+        for _stream, events in reply or ():
+            for event_id, data in events:
+                event_seq = int(data[b"seq"])
+                if event_seq > self._applied_seq + 1:
+                    # Events went missing between us and the stream: start over.
+                    self._reload_needed = True
+                    return
+                self.index.apply(data[b"field"], data[b"value"])
+                self._applied_seq = max(self._applied_seq, event_seq)
+                self.watch.advance(event_seq)
+                self._last_id = event_id
+        self._confirmed_at = sent
+
+    def _run(self) -> None:
+        backoff = 0.05
+        last_prune = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if self._reload_needed:
+                    self._reload()
+                self._follow_once()
+                backoff = 0.05
+                if time.monotonic() - last_prune > 60:
+                    self.index.prune(self._clock())
+                    last_prune = time.monotonic()
+            except RevocationStateLost:
+                # Keep watching: a recovery epoch clears the loss.
+                self._reload_needed = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+            except (redis.RedisError, StoreUnavailable) as exc:
+                log.warning(
+                    "revocation replica cannot reach Redis (%s); retrying", type(exc).__name__
+                )
+                self._reload_needed = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+
+@dataclass
+class Stores:
+    """The stores of one deployment, and how to build a Minter and a Verifier on them."""
+
+    url: str
+    settings: Settings
+    client: redis.Redis
+    keys: RedisKeyStore
+    revocations: RedisRevocationStore | ReplicaRevocationStore
+    store: RedisRevocationStore
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def memory(self) -> bool:
+        """True on the embedded default, where nothing persists."""
+        return self.url == MEMORY_URL
+
+    def minter(self, **options: Any) -> Minter:
+        """A Minter on these keys, with the deployment's max ttl unless given."""
+        options.setdefault("max_ttl", self.settings.max_ttl)
+        return Minter(self.keys, **options)
+
+    def verifier(self, **options: Any) -> Verifier:
+        """A Verifier on these stores, with the deployment's lifetime and leeway unless given."""
+        options.setdefault("max_lifetime", self.settings.max_lifetime)
+        options.setdefault("leeway", self.settings.leeway)
+        return Verifier(self.keys, self.revocations, **options)
+
+    def ping(self) -> bool:
+        """True when Redis answers."""
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        """Stop background work and close connections."""
+        for closer in reversed(self._closers):
+            closer()
+        self._closers.clear()
+
+
+def _client(url: str, timeout: float, *, read_timeout: float | None = None) -> redis.Redis:
+    if url == MEMORY_URL:
+        raise AssertionError("memory:// has no network client")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("a store URL starts with redis://, rediss://, unix:// or is memory://")
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=read_timeout or timeout,
+            socket_connect_timeout=timeout,
+            # Fail fast and closed: a retry would only stretch the time a
+            # request waits for an answer that decides nothing new.
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"cannot use the store URL: {exc}") from None
+
+
+def connect(
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    clock: Clock = time.time,
+    **overrides: Any,
+) -> Stores:
+    """Open the key and revocation stores at `url`.
+
+    `redis://`, `rediss://` and `unix://` reach a real Redis, with socket and
+    connect timeouts always set (default 250 ms) and no retries. `memory://`
+    (also what no URL means) is the embedded default: this same code over
+    fakeredis in-process, with a warning that nothing persists and, unless one
+    is given, an ephemeral master key. Against a real Redis a master key is
+    required.
+
+    Args:
+        url: the store URL; defaults to `settings.redis_url`, then memory://.
+        settings: deployment settings (default: read from the environment).
+        clock: unix time, injected into the stores and their revocations.
+        overrides: Settings fields to replace, e.g. revocation_mode="replica".
+
+    Raises:
+        ConfigError: a bad URL, or a real Redis without a master key.
+    """
+    settings = dataclasses.replace(settings or Settings.from_env(), **overrides)
+    url = url or settings.url
+    layout = Layout()
+    closers: list[Callable[[], None]] = []
+    if url == MEMORY_URL:
+        import fakeredis
+
+        warnings.warn(MEMORY_WARNING, NothingPersistsWarning, stacklevel=2)
+        server = fakeredis.FakeServer()
+        client: redis.Redis = fakeredis.FakeRedis(server=server)
+        follow_client: redis.Redis = fakeredis.FakeRedis(server=server)
+        master_key = settings.master_key or secrets.token_bytes(MASTER_KEY_BYTES)
+        count_replicas = False
+    else:
+        if settings.master_key is None:
+            raise ConfigError(
+                "a real Redis needs a master key to encrypt root keys at rest: set "
+                "AGENTCAPS_MASTER_KEY (64 hex characters) or AGENTCAPS_MASTER_KEY_FILE"
+            )
+        master_key = settings.master_key
+        client = _client(url, settings.redis_timeout)
+        follow_client = _client(
+            url,
+            settings.redis_timeout,
+            read_timeout=settings.replica_staleness + settings.redis_timeout,
+        )
+        count_replicas = True
+    closers.append(client.close)
+    store = RedisRevocationStore(
+        client,
+        layout=layout,
+        clock=clock,
+        max_lifetime=settings.max_lifetime,
+        leeway=settings.leeway,
+        wait_replicas=settings.wait_replicas,
+        count_replicas=count_replicas,
+    )
+    keys = RedisKeyStore(client, master_key, layout=layout, clock=clock, revocations=store)
+    revocations: RedisRevocationStore | ReplicaRevocationStore = store
+    if settings.revocation_mode == "replica":
+        replica = ReplicaRevocationStore(
+            store, follow_client, layout=layout, staleness=settings.replica_staleness, clock=clock
+        )
+        closers.append(replica.close)
+        closers.append(follow_client.close)
+        revocations = replica
+    return Stores(url, settings, client, keys, revocations, store, closers)

@@ -1,0 +1,178 @@
+"""The Verifier: token in, Decision out, locally, without calling the minter.
+
+Order of work, cheapest and least trusting first: size limits and strict
+decoding, the root key by id, the HMAC chain (constant-time compare), the
+caveats folded into claims and judged against the request and the clock, and
+last the revocation store. `verify` returns a Decision for every input token,
+whatever its bytes; when revocation state cannot be known it denies with
+`revocation_unavailable` (fail closed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from agentcaps import signature, wire
+from agentcaps.caveats import is_canonical_resource
+from agentcaps.claims import Claims, decode_unverified, sorted_names, summarize
+from agentcaps.decision import Decision, Reason, deny
+from agentcaps.errors import InvalidToken, StoreUnavailable
+from agentcaps.keys import KeyState, KeyStore
+from agentcaps.revocation import RevocationStore, TokenFacts
+
+Clock = Callable[[], float]
+
+# No token is honoured longer than this after it was issued, whatever its
+# expiry says; revocation entries are kept exactly this long (plus leeway),
+# which is what lets them expire safely.
+DEFAULT_MAX_LIFETIME = 30 * 24 * 3600
+
+
+class Verifier:
+    """Decides requests against tokens.
+
+    Args:
+        keys: root keys by id (cached by the store).
+        revocations: the revocation store, asked last.
+        clock: returns unix time; injected.
+        leeway: seconds of clock skew tolerated on expiry and not-before.
+        audience: this verifier's name, matched against audience caveats;
+            a token with an audience caveat never verifies where this is None.
+        limits: size limits applied before any parsing.
+        max_lifetime: seconds after issue when any token stops verifying.
+    """
+
+    def __init__(
+        self,
+        keys: KeyStore,
+        revocations: RevocationStore,
+        *,
+        clock: Clock = time.time,
+        leeway: int = 0,
+        audience: str | None = None,
+        limits: wire.Limits = wire.DEFAULT_LIMITS,
+        max_lifetime: int = DEFAULT_MAX_LIFETIME,
+    ) -> None:
+        if leeway < 0:
+            raise ValueError("leeway cannot be negative")
+        self._keys = keys
+        self._revocations = revocations
+        self._clock = clock
+        self._leeway = leeway
+        self._audience = audience
+        self._limits = limits
+        self._max_lifetime = max_lifetime
+
+    def verify(
+        self,
+        token: object,
+        *,
+        resource: str,
+        action: str,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> Decision:
+        """Decide whether `token` allows `action` on `resource` now.
+
+        Args:
+            token: the token string, untrusted; any value yields a Decision.
+            resource: the resource asked for, e.g. "crm/contacts/42".
+            action: the action asked for, e.g. "read".
+            purpose: the purpose the caller declares, if any.
+            actor: the authenticated identity of the caller, if known; it must
+                be the token's last holder.
+
+        Raises:
+            TypeError: the request itself (not the token) has the wrong types.
+        """
+        if type(resource) is not str or type(action) is not str:
+            raise TypeError("resource and action are strings")
+        if (purpose is not None and type(purpose) is not str) or (
+            actor is not None and type(actor) is not str
+        ):
+            raise TypeError("purpose and actor are strings or None")
+        try:
+            unverified = decode_unverified(token, self._limits)
+        except InvalidToken as exc:
+            return deny(exc.reason)
+        ident = unverified.identifier
+        raw = unverified.raw
+
+        try:
+            key = self._keys.get(ident.kid)
+        except StoreUnavailable:
+            return deny(Reason.REVOCATION_UNAVAILABLE)
+        if key is None:
+            return deny(Reason.UNKNOWN_KEY)
+        vids = {extra.index: extra.vid for extra in raw.third_party if extra.vid is not None}
+        expected = signature.chain(key.derived, raw.identifier, raw.cids, vids)
+        if not signature.signatures_equal(expected, raw.signature):
+            return deny(Reason.BAD_SIGNATURE)
+
+        # From here on the token is authentic: its claims may be reported.
+        claims = summarize(unverified.caveats)
+        if key.state is KeyState.REVOKED:
+            reason: Reason | None = Reason.KEY_REVOKED
+        else:
+            reason = self._judge(claims, ident.iat, resource, action, purpose, actor)
+        if reason is None:
+            facts = TokenFacts(
+                ident.kid,
+                ident.tid,
+                ident.iat,
+                claims.customer or "",
+                claims.user or "",
+                claims.delegation_ids,
+                claims.chain,
+            )
+            try:
+                reason = self._revocations.check(facts)
+            except StoreUnavailable:
+                reason = Reason.REVOCATION_UNAVAILABLE
+        return Decision(
+            allowed=reason is None,
+            reason=reason or Reason.OK,
+            token_id=ident.tid.hex(),
+            key_id=ident.kid,
+            customer=claims.customer,
+            user=claims.user,
+            chain=claims.chain,
+            delegation_ids=tuple(d.hex() for d in claims.delegation_ids),
+            purposes=sorted_names(claims.purposes),
+            expires_at=claims.expires_at,
+            issued_at=ident.iat,
+        )
+
+    def _judge(
+        self,
+        claims: Claims,
+        issued_at: int,
+        resource: str,
+        action: str,
+        purpose: str | None,
+        actor: str | None,
+    ) -> Reason | None:
+        """The first reason the claims deny this request, most fundamental first."""
+        if claims.problem is not None:
+            return claims.problem
+        now = int(self._clock())
+        leeway = self._leeway
+        assert claims.expires_at is not None  # no problem means an expiry exists
+        if now - leeway >= claims.expires_at or now - leeway >= issued_at + self._max_lifetime:
+            return Reason.EXPIRED
+        if claims.not_before is not None and now + leeway < claims.not_before:
+            return Reason.NOT_YET_VALID
+        if claims.audiences is not None and self._audience not in claims.audiences:
+            return Reason.AUDIENCE_DENIED
+        if actor is not None and actor != claims.chain[-1]:
+            return Reason.ACTOR_MISMATCH
+        if not is_canonical_resource(resource) or not all(
+            r.matches(resource) for r in claims.resources
+        ):
+            return Reason.RESOURCE_DENIED
+        if claims.actions is None or action not in claims.actions:
+            return Reason.ACTION_DENIED
+        if not claims.purposes or (purpose is not None and purpose not in claims.purposes):
+            return Reason.PURPOSE_DENIED
+        return None
