@@ -14,7 +14,6 @@ token against revocations: `judge`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -238,7 +237,3 @@ def default_expiry(revoked_at: int, max_lifetime: int, leeway: int) -> int:
     """When an entry made at `revoked_at` may be forgotten."""
     return revoked_at + max_lifetime + leeway
 
-
-def ceil_time(t: float) -> int:
-    """Round a clock reading up to whole seconds."""
-    return math.ceil(t)
