@@ -75,11 +75,14 @@ def check_resource_glob(glob: object) -> str:
     return glob
 
 
+_BAD_SEGMENTS = frozenset(("", ".", ".."))
+
+
 def is_canonical_resource(resource: str) -> bool:
     """True for a resource a pattern can match: printable, no empty, '.' or '..' segments."""
     if not 0 < len(resource) <= MAX_RESOURCE_CHARS or not _NAME.fullmatch(resource):
         return False
-    return all(segment not in ("", ".", "..") for segment in resource.split("/"))
+    return _BAD_SEGMENTS.isdisjoint(resource.split("/"))
 
 
 def _glob_regex(glob: str) -> str:

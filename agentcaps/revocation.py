@@ -8,13 +8,13 @@ issued for them, or naming the agent as a holder, at or before that moment).
 Every revocation is one entry: a field naming what it touches and a value with
 when it happened and when it may be forgotten (no token it touches can still be
 valid by then). The store's Redis hash, its event stream and the local index
-all hold exactly these fields and values, so that there is one way to judge a
-token against revocations: `judge`.
+all hold exactly these fields and values, and one class judges a token against
+them: `RevocationIndex`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -49,7 +49,8 @@ _TAG = {
     RevocationKind.AGENT: b"a",
 }
 _KIND = {tag[0]: kind for kind, tag in _TAG.items()}
-_KEY, _TOKEN, _DELEGATION = b"k"[0], b"t"[0], b"d"[0]
+# Entries of these kinds deny outright; the others only tokens issued before.
+_ABSOLUTE_TAGS = frozenset(b"ktd")
 
 
 class TokenFacts(NamedTuple):
@@ -64,35 +65,19 @@ class TokenFacts(NamedTuple):
     holders: tuple[str, ...]
 
 
-def fields_for(facts: TokenFacts) -> list[bytes]:
-    """Every entry field that could revoke this token, key first."""
-    fields = [b"k" + facts.kid.encode(), b"t" + facts.tid]
-    fields.extend(b"d" + d for d in facts.delegation_ids)
+def _since_fields(facts: TokenFacts) -> list[bytes]:
     customer = facts.customer.encode()
-    fields.append(b"c" + customer)
-    fields.append(b"u" + customer + _SEP + facts.user.encode())
+    fields = [b"c" + customer, b"u" + customer + _SEP + facts.user.encode()]
     fields.extend(b"a" + h.encode() for h in dict.fromkeys(facts.holders))
     return fields
 
 
-def judge(
-    facts: TokenFacts, fields: Sequence[bytes], revoked_at: Sequence[int | None]
-) -> Reason | None:
-    """The reason the found entries deny this token, or None.
-
-    `revoked_at[i]` is when the entry for `fields[i]` was made, None if there
-    is none. Key, token and delegation entries deny outright; customer, user
-    and agent entries deny tokens issued at or before that second.
-    """
-    for field, at in zip(fields, revoked_at):
-        if at is None:
-            continue
-        tag = field[0]
-        if tag == _KEY:
-            return Reason.KEY_REVOKED
-        if tag == _TOKEN or tag == _DELEGATION or facts.iat <= at:
-            return Reason.REVOKED
-    return None
+def fields_for(facts: TokenFacts) -> list[bytes]:
+    """Every entry field that could revoke this token: what direct mode asks Redis for."""
+    fields = [b"k" + facts.kid.encode(), b"t" + facts.tid]
+    fields.extend(b"d" + d for d in facts.delegation_ids)
+    fields.extend(_since_fields(facts))
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,45 +177,85 @@ class RevocationStore(Protocol):
 
 
 class RevocationIndex:
-    """An in-memory copy of the revocation entries: what a replica checks locally.
+    """Revocation entries in memory, and the one place a token is judged against them.
 
-    Entries are kept as field -> (revoked_at, expires_at); expired ones are
-    dropped by `prune`. Checking a token costs a handful of dict lookups, so it
-    stays flat however many entries there are.
+    A replica keeps every entry here; direct mode builds a small one from the
+    entries Redis returned for a token. Key, token and delegation entries deny
+    outright; customer, user and agent entries deny tokens issued at or before
+    the revocation. They are kept apart so that a check costs a few dict
+    lookups, flat however many entries there are, and skips the customer,
+    user and agent lookups entirely while there are none of those.
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_absolute", "_since")
 
     def __init__(self) -> None:
-        self._entries: dict[bytes, tuple[int, int]] = {}
+        self._absolute: dict[bytes, int] = {}  # field -> expires_at
+        self._since: dict[bytes, tuple[int, int]] = {}  # field -> (revoked_at, expires_at)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._absolute) + len(self._since)
+
+    @classmethod
+    def of(cls, entries: Iterable[tuple[bytes, bytes | None]]) -> RevocationIndex:
+        """An index of stored (field, value) pairs; pairs with no value are skipped."""
+        index = cls()
+        for field, value in entries:
+            if value is not None:
+                index.apply(field, value)
+        return index
+
+    def _put(self, field: bytes, revoked_at: int, expires_at: int) -> None:
+        if field[0] in _ABSOLUTE_TAGS:
+            if self._absolute.get(field, -1) < expires_at:
+                self._absolute[field] = expires_at
+        else:
+            current = self._since.get(field)
+            if current is None or current < (revoked_at, expires_at):
+                self._since[field] = (revoked_at, expires_at)
 
     def apply(self, field: bytes, value: bytes) -> None:
-        """Add or refresh one entry; a later revocation of the same thing wins."""
+        """Add or refresh one stored entry; a later revocation of the same thing wins."""
         revoked_at, expires_at = entry_times(value)
-        current = self._entries.get(field)
-        if current is None or current < (revoked_at, expires_at):
-            self._entries[field] = (revoked_at, expires_at)
+        self._put(field, revoked_at, expires_at)
 
     def replace(self, entries: dict[bytes, tuple[int, int]]) -> None:
-        """Swap in a whole new set of entries at once (after a full reload)."""
-        self._entries = entries
+        """Swap in a whole new set of entries, field -> (revoked_at, expires_at)."""
+        fresh = RevocationIndex()
+        for field, (revoked_at, expires_at) in entries.items():
+            fresh._put(field, revoked_at, expires_at)
+        # Two attribute stores: a concurrent check sees the old or the new set
+        # of each kind, never a half-built one.
+        self._absolute, self._since = fresh._absolute, fresh._since
 
     def prune(self, now: float) -> int:
         """Forget entries that can no longer touch a valid token; return how many."""
-        expired = [f for f, (_, exp) in self._entries.items() if exp <= now]
-        for field in expired:
-            self._entries.pop(field, None)
-        return len(expired)
+        stale = [f for f, exp in self._absolute.items() if exp <= now]
+        for field in stale:
+            self._absolute.pop(field, None)
+        stale_since = [f for f, (_, exp) in self._since.items() if exp <= now]
+        for field in stale_since:
+            self._since.pop(field, None)
+        return len(stale) + len(stale_since)
 
     def check(self, facts: TokenFacts) -> Reason | None:
         """The reason an entry denies this token, or None."""
-        entries = self._entries
-        fields = fields_for(facts)
-        found = [entries.get(f) for f in fields]
-        return judge(facts, fields, [None if e is None else e[0] for e in found])
+        absolute = self._absolute
+        if absolute:
+            if b"k" + facts.kid.encode() in absolute:
+                return Reason.KEY_REVOKED
+            if b"t" + facts.tid in absolute:
+                return Reason.REVOKED
+            for delegation_id in facts.delegation_ids:
+                if b"d" + delegation_id in absolute:
+                    return Reason.REVOKED
+        since = self._since
+        if since:
+            for field in _since_fields(facts):
+                entry = since.get(field)
+                if entry is not None and facts.iat <= entry[0]:
+                    return Reason.REVOKED
+        return None
 
 
 def default_expiry(revoked_at: int, max_lifetime: int, leeway: int) -> int:

@@ -15,13 +15,14 @@ from collections.abc import Callable
 
 from agentcaps import signature, wire
 from agentcaps.caveats import is_canonical_resource
-from agentcaps.claims import Claims, decode_unverified, sorted_names, summarize
+from agentcaps.claims import Claims, UnverifiedToken, decode_unverified, sorted_names, summarize
 from agentcaps.decision import Decision, Reason, deny
 from agentcaps.errors import InvalidToken, StoreUnavailable
 from agentcaps.keys import KeyState, KeyStore
 from agentcaps.revocation import RevocationStore, TokenFacts
 
 Clock = Callable[[], float]
+_Decoded = tuple[UnverifiedToken, Claims]
 
 # No token is honoured longer than this after it was issued, whatever its
 # expiry says; revocation entries are kept exactly this long (plus leeway),
@@ -41,6 +42,7 @@ class Verifier:
             a token with an audience caveat never verifies where this is None.
         limits: size limits applied before any parsing.
         max_lifetime: seconds after issue when any token stops verifying.
+        decode_cache_size: how many decoded tokens to remember (0: none).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class Verifier:
         audience: str | None = None,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         max_lifetime: int = DEFAULT_MAX_LIFETIME,
+        decode_cache_size: int = 4096,
     ) -> None:
         if leeway < 0:
             raise ValueError("leeway cannot be negative")
@@ -63,6 +66,11 @@ class Verifier:
         self._audience = audience
         self._limits = limits
         self._max_lifetime = max_lifetime
+        # Decoding is a pure function of the token string, and agents send the
+        # same token many times: remember the decoded form (never a verdict;
+        # the signature, caveats, clock and revocations are checked every call).
+        self._decoded: dict[str, _Decoded] = {}
+        self._decode_cache_size = decode_cache_size
 
     def verify(
         self,
@@ -92,10 +100,13 @@ class Verifier:
             actor is not None and type(actor) is not str
         ):
             raise TypeError("purpose and actor are strings or None")
-        try:
-            unverified = decode_unverified(token, self._limits)
-        except InvalidToken as exc:
-            return deny(exc.reason)
+        decoded = self._decoded.get(token) if type(token) is str else None
+        if decoded is None:
+            try:
+                decoded = self._decode(token)
+            except InvalidToken as exc:
+                return deny(exc.reason)
+        unverified, claims = decoded
         ident = unverified.identifier
         raw = unverified.raw
 
@@ -111,7 +122,6 @@ class Verifier:
             return deny(Reason.BAD_SIGNATURE)
 
         # From here on the token is authentic: its claims may be reported.
-        claims = summarize(unverified.caveats)
         if key.state is KeyState.REVOKED:
             reason: Reason | None = Reason.KEY_REVOKED
         else:
@@ -143,6 +153,15 @@ class Verifier:
             expires_at=claims.expires_at,
             issued_at=ident.iat,
         )
+
+    def _decode(self, token: object) -> _Decoded:
+        unverified = decode_unverified(token, self._limits)
+        decoded = (unverified, summarize(unverified.caveats))
+        if self._decode_cache_size:
+            if len(self._decoded) >= self._decode_cache_size:
+                self._decoded.clear()
+            self._decoded[token] = decoded  # type: ignore[index]  # decoded, so a str
+        return decoded
 
     def _judge(
         self,

@@ -62,7 +62,6 @@ from agentcaps.revocation import (
     default_expiry,
     entry_times,
     fields_for,
-    judge,
 )
 from agentcaps.verify import Verifier
 
@@ -644,7 +643,7 @@ class RedisRevocationStore:
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
         self.observe(epoch, recovery, seq, floor)
-        return judge(facts, fields, [None if v is None else entry_times(v)[0] for v in values])
+        return RevocationIndex.of(zip(fields, values)).check(facts)
 
     def list(self) -> list[Revocation]:
         """Every live revocation, newest first."""
