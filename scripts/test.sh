@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# (as root, redis-server from Debian's packages; the dev extras from PyPI),
+# then runs pytest. The tests start and stop their own redis-server processes.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "scripts/test.sh: please install ${missing[*]} (Debian: apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+exec python3 -m pytest "$@"
