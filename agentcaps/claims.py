@@ -168,7 +168,9 @@ def decode_unverified(token: object, limits: wire.Limits = wire.DEFAULT_LIMITS) 
     cached = cv.DECODED.get
     caveats = [cached(cid) or cv.decode_cached(cid) for cid in raw.cids]
     for extra in raw.third_party:
-        caveats[extra.index] = cv.ThirdPartyCaveat(raw.cids[extra.index], extra.vid, extra.location)
+        caveats[extra.position] = cv.ThirdPartyCaveat(
+            raw.cids[extra.position], extra.vid, extra.location
+        )
     return UnverifiedToken(raw, identifier, tuple(caveats))
 
 

@@ -261,4 +261,3 @@ class RevocationIndex:
 def default_expiry(revoked_at: int, max_lifetime: int, leeway: int) -> int:
     """When an entry made at `revoked_at` may be forgotten."""
     return revoked_at + max_lifetime + leeway
-

@@ -116,7 +116,7 @@ class Verifier:
             return deny(Reason.REVOCATION_UNAVAILABLE)
         if key is None:
             return deny(Reason.UNKNOWN_KEY)
-        vids = {extra.index: extra.vid for extra in raw.third_party if extra.vid is not None}
+        vids = {extra.position: extra.vid for extra in raw.third_party if extra.vid is not None}
         expected = signature.chain(key.derived, raw.identifier, raw.cids, vids)
         if not signature.signatures_equal(expected, raw.signature):
             return deny(Reason.BAD_SIGNATURE)

@@ -61,9 +61,9 @@ DEFAULT_LIMITS = Limits()
 
 
 class ThirdParty(NamedTuple):
-    """What a caveat carries besides its id: a verification id (third-party) or a location."""
+    """A caveat's verification id (third-party) or location, by its position among the caveats."""
 
-    index: int
+    position: int
     vid: bytes | None
     location: bytes | None
 
@@ -73,7 +73,7 @@ class RawMacaroon(NamedTuple):
 
     `cids` are the caveat ids in order. The rare caveat with a verification id
     or location (a third-party caveat) is listed again in `third_party` by its
-    index, which keeps the common first-party path to plain bytes.
+    position, which keeps the common first-party path to plain bytes.
     """
 
     identifier: bytes
@@ -143,7 +143,7 @@ def _encode_field(ftype: int, data: bytes) -> bytes:
 
 def encode_macaroon(mac: RawMacaroon) -> bytes:
     """Serialize to libmacaroons V2 binary."""
-    extras = {tp.index: tp for tp in mac.third_party}
+    extras = {tp.position: tp for tp in mac.third_party}
     parts = [bytes((_V2,))]
     if mac.location:
         parts.append(_encode_field(_LOCATION, mac.location))
