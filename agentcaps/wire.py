@@ -38,13 +38,14 @@ _SIGNATURE = 6
 _TO_STANDARD_ALPHABET = bytes.maketrans(b"-_+/=", b"+/!!!")
 _PADDING = {0: b"", 2: b"==", 3: b"="}
 _BASE64URL_VALUE = {
-    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 }
 # By the length modulo 4: the bits of the last character that carry no data.
 _UNUSED_BITS = {0: 0, 2: 0x0F, 3: 0x03}
 
-# Types a msgpack value may decode to. Floats, maps, nil, booleans, extension
-# types and timestamps have no place in a token: they are malformed, not coerced.
+# Types a caveat value, or an item of a caveat value that is an array, may
+# decode to. Floats, maps, nil, booleans, extension types, timestamps and
+# deeper nesting have no place in a token: they are malformed, not coerced.
 _ALLOWED_SCALARS = (int, str, bytes)
 
 
@@ -99,13 +100,18 @@ def b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def b64decode(text: str) -> bytes:
+def b64decode(text: str | bytes) -> bytes:
     """Strict unpadded base64url: one alphabet, no padding, no stray bits.
 
     Raises:
         MalformedToken: anything that is not the one canonical spelling of some bytes.
     """
-    rem = len(text) % 4
+    try:
+        encoded = text.encode("ascii") if type(text) is str else text
+    except UnicodeEncodeError:
+        raise MalformedToken("not unpadded base64url") from None
+    assert isinstance(encoded, bytes)
+    rem = len(encoded) % 4
     if rem == 1:
         raise MalformedToken("not unpadded base64url")
     try:
@@ -113,14 +119,13 @@ def b64decode(text: str) -> bytes:
         # the standard one that url-safe lacks ("+", "/", "=") onto a byte that
         # strict mode refuses, so exactly one alphabet gets through.
         data = binascii.a2b_base64(
-            text.encode("ascii").translate(_TO_STANDARD_ALPHABET) + _PADDING[rem],
-            strict_mode=True,
+            encoded.translate(_TO_STANDARD_ALPHABET) + _PADDING[rem], strict_mode=True
         )
-    except (UnicodeEncodeError, binascii.Error):
+    except binascii.Error:
         raise MalformedToken("not unpadded base64url") from None
     # Nonzero unused bits in the last character would give the same bytes a
     # second spelling.
-    if rem and _BASE64URL_VALUE[text[-1]] & _UNUSED_BITS[rem]:
+    if rem and _BASE64URL_VALUE[encoded[-1]] & _UNUSED_BITS[rem]:
         raise MalformedToken("not canonical base64url")
     return data
 
@@ -288,16 +293,6 @@ def packb(value: object) -> bytes:
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _check_value(value: object, depth: int = 0) -> None:
-    if type(value) in _ALLOWED_SCALARS:
-        return
-    if type(value) is list and depth < 2:
-        for item in value:
-            _check_value(item, depth + 1)
-        return
-    raise MalformedToken("a value of a type tokens do not carry")
-
-
 def unpackb(data: bytes) -> object:
     """Decode canonical msgpack; callers check the types they expect.
 
@@ -364,12 +359,14 @@ def decode_caveat(cid: bytes) -> tuple[int, object] | None:
     """
     if not cid.startswith(CAVEAT_PREFIX):
         return None
-    try:
-        text = cid[len(CAVEAT_PREFIX) :].decode("ascii")
-    except UnicodeDecodeError:
-        raise MalformedToken("caveat payload is not ASCII") from None
-    value = unpackb(b64decode(text))
-    _check_value(value)
+    value = unpackb(b64decode(cid[len(CAVEAT_PREFIX) :]))
     if type(value) is not list or len(value) != 2 or type(value[0]) is not int:
         raise MalformedToken("caveat payload is not [code, value]")
-    return value[0], value[1]
+    code, inner = value
+    if type(inner) is list:
+        for item in inner:
+            if type(item) not in _ALLOWED_SCALARS:
+                raise MalformedToken("a value of a type tokens do not carry")
+    elif type(inner) not in _ALLOWED_SCALARS:
+        raise MalformedToken("a value of a type tokens do not carry")
+    return code, inner
