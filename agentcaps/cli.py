@@ -1,0 +1,715 @@
+"""The `agentcaps` command: a thin shell over the library, for operators and agents.
+
+Offline commands (inspect, attenuate, master-key, demo) need no store. Store
+commands (keys, mint, verify, revoke, revocations) open the store named by
+`--redis`, else AGENTCAPS_REDIS_URL, else memory:// (which keeps nothing).
+Results go to stdout as JSON or a bare token; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, NoReturn
+
+import agentcaps
+from agentcaps import caveats as cv
+from agentcaps.config import MEMORY_URL, Settings, new_master_key_text
+from agentcaps.errors import (
+    AgentCapsError,
+    ConfigError,
+    InvalidToken,
+    NothingPersistsWarning,
+    RevocationStateLost,
+    StoreUnavailable,
+)
+from agentcaps.revocation import Revocation, RevocationKind
+
+if TYPE_CHECKING:
+    from agentcaps.stores.doctor import Check
+    from agentcaps.stores.redis import Stores
+
+PROG = "agentcaps"
+# A token is at most 16 KiB by default; anything far bigger on stdin is not one.
+_MAX_STDIN_BYTES = 1 << 20
+
+EPILOG = """\
+exit status: 0 success (verify: allowed), 1 failure (verify: denied),
+2 usage error, 130 interrupted.
+
+Store commands use --redis URL, else AGENTCAPS_REDIS_URL, else memory://
+(in-process: nothing persists). A real Redis needs AGENTCAPS_MASTER_KEY
+(see `agentcaps master-key`). A TOKEN of - is read from stdin, which keeps it
+out of the process list.
+"""
+
+
+class UsageError(Exception):
+    """The command line itself is wrong: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as one line (`agentcaps: error: …`) instead of a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _err(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
+
+
+# -- argument types ------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
+    return value
+
+
+def _aware(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time such as 2026-12-01T10:00:00Z"
+        ) from None
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone: add Z for UTC or an offset such as +02:00"
+        )
+    return when
+
+
+def _time_floor(text: str) -> int:
+    """An ISO 8601 time as unix seconds, rounded down (an expiry only gets earlier)."""
+    return math.floor(_aware(text).timestamp())
+
+
+def _time_ceil(text: str) -> int:
+    """An ISO 8601 time as unix seconds, rounded up (a start only gets later)."""
+    return math.ceil(_aware(text).timestamp())
+
+
+def _read_token(text: str) -> str:
+    """TOKEN as given, or read from stdin for `-` (surrounding whitespace stripped)."""
+    if text != "-":
+        return text
+    data = sys.stdin.buffer.read(_MAX_STDIN_BYTES + 1)
+    if len(data) > _MAX_STDIN_BYTES:
+        raise InvalidToken("the input on stdin is far too large to be a token")
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise InvalidToken("the input on stdin is not ASCII") from None
+    if not token:
+        raise UsageError("TOKEN is - but stdin is empty")
+    return token
+
+
+def _who() -> str:
+    """Who made a revocation, for the audit trail: the operating-system user."""
+    try:
+        return "cli:" + getpass.getuser()
+    except (OSError, KeyError, ImportError):  # no user name in this environment
+        return "cli"
+
+
+# -- stores --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _open_stores(args: argparse.Namespace) -> Iterator[Stores]:
+    """The stores of --redis / AGENTCAPS_REDIS_URL / memory://, in direct mode, closed after."""
+    from agentcaps.stores.doctor import redact
+
+    settings = Settings.from_env()
+    url = args.redis or settings.url
+    if url == MEMORY_URL:
+        _warn(
+            "no store configured, using memory://: it lives in this process only, so it holds "
+            "no keys or revocations made elsewhere and keeps nothing after this command "
+            "(set AGENTCAPS_REDIS_URL or pass --redis URL)"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NothingPersistsWarning)
+        # Direct mode: one command, one answer; a replica would only add a load.
+        stores = agentcaps.connect(url, settings=settings, revocation_mode="direct")
+    try:
+        if not stores.memory:
+            stores.keys.check_master_key()
+        yield stores
+    except RevocationStateLost:
+        raise
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"{exc} at {redact(url)}") from None
+    finally:
+        stores.close()
+
+
+def _store_command(
+    handler: Callable[[argparse.Namespace, Stores], int | None],
+    check: Callable[[argparse.Namespace], None] | None = None,
+) -> Callable[[argparse.Namespace], int | None]:
+    """`handler` run with the stores open; `check` vets the arguments before connecting."""
+
+    def run(args: argparse.Namespace) -> int | None:
+        if check is not None:
+            check(args)
+        with _open_stores(args) as stores:
+            return handler(args, stores)
+
+    return run
+
+
+# -- offline commands ----------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    _print_json(agentcaps.inspect(_read_token(args.token)))
+
+
+def cmd_attenuate(args: argparse.Namespace) -> None:
+    options = (
+        args.resource,
+        args.action,
+        args.purpose,
+        args.ttl,
+        args.expires_at,
+        args.delegate_to,
+        args.audience,
+        args.max_delegations,
+    )
+    if all(option is None for option in options):
+        raise UsageError(
+            "attenuate needs at least one option to add, such as --resource or --delegate-to"
+            " (see `agentcaps attenuate --help`)"
+        )
+    print(
+        agentcaps.attenuate(
+            _read_token(args.token),
+            resources=args.resource,
+            actions=args.action,
+            purposes=args.purpose,
+            ttl=args.ttl,
+            expires_at=args.expires_at,
+            delegate_to=args.delegate_to,
+            audience=args.audience,
+            max_delegations=args.max_delegations,
+        )
+    )
+
+
+def cmd_master_key(args: argparse.Namespace) -> None:
+    print(new_master_key_text())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agentcaps import demo
+
+    return demo.run()
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agentcaps.stores.doctor import Check, Status, diagnose, redact
+
+    checks: list[Check] = []
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        checks.append(
+            Check("settings", Status.FAIL, f"the AGENTCAPS_* settings are unusable: {exc}")
+        )
+        settings = Settings(redis_url=os.environ.get("AGENTCAPS_REDIS_URL") or None)
+    url = args.url or args.redis or settings.url
+    if url == MEMORY_URL:
+        checks.append(
+            Check(
+                "store",
+                Status.FAIL,
+                "memory:// is the in-process default: keys and revocations die with the "
+                "process. doctor is meant for a real Redis",
+                "pass a redis:// URL or set AGENTCAPS_REDIS_URL",
+            )
+        )
+    else:
+        checks.extend(diagnose(url, timeout=max(settings.redis_timeout, 1.0)))
+    print(f"{PROG} doctor: {redact(url)}")
+    return _report(checks)
+
+
+def _report(checks: Sequence[Check]) -> int:
+    from agentcaps.stores.doctor import Status
+
+    labels = {Status.OK: "ok  ", Status.WARN: "warn", Status.FAIL: "FAIL"}
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        line = f"  {labels[check.status]}  {check.name:<{width}}  {check.finding}"
+        if check.fix and check.status is not Status.OK:
+            line += f". Fix: {check.fix}"
+        elif check.fix:
+            line += f"; {check.fix}"
+        print(line)
+    failed = sum(c.status is Status.FAIL for c in checks)
+    warned = sum(c.status is Status.WARN for c in checks)
+    if failed:
+        print(f"{failed} check(s) failed: revocations are not safe here until they are fixed")
+        return 1
+    if warned:
+        print(f"passed with {warned} warning(s)")
+    else:
+        print("all checks passed")
+    return 0
+
+
+# -- store commands ------------------------------------------------------------
+
+
+def cmd_keys_create(args: argparse.Namespace, stores: Stores) -> None:
+    _print_json(stores.keys.create(args.customer).to_dict())
+
+
+def cmd_keys_list(args: argparse.Namespace, stores: Stores) -> None:
+    _print_json([key.to_dict() for key in stores.keys.list()])
+
+
+def cmd_keys_rotate(args: argparse.Namespace, stores: Stores) -> None:
+    _print_json(stores.keys.rotate(args.kid).to_dict())
+
+
+def cmd_keys_revoke(args: argparse.Namespace, stores: Stores) -> None:
+    _print_json(stores.keys.revoke(args.kid, reason=args.reason, by=_who()).to_dict())
+
+
+def cmd_mint(args: argparse.Namespace, stores: Stores) -> None:
+    minted = stores.minter().issue(
+        customer=args.customer,
+        user=args.user,
+        agent=args.agent,
+        resources=args.resource,
+        actions=args.action,
+        purposes=args.purpose,
+        ttl=args.ttl,
+        audience=args.audience,
+        max_delegations=args.max_delegations,
+        not_before=args.not_before,
+    )
+    if args.json:
+        _print_json(minted.to_dict())
+    else:
+        print(minted.token)
+
+
+def cmd_verify(args: argparse.Namespace, stores: Stores) -> int:
+    token = _read_token(args.token)
+    decision = stores.verifier(audience=args.audience).verify(
+        token, resource=args.resource, action=args.action, purpose=args.purpose, actor=args.actor
+    )
+    _print_json(decision.to_dict())
+    return 0 if decision.allowed else 1
+
+
+def _token_revocation(token: str, reason: str, by: str, max_lifetime: int) -> Revocation:
+    """What revokes `token` and everything derived from it: its last delegation, else its id.
+
+    The entry is kept as long as any token carrying that id can live: for a
+    delegation, the earliest expiry among the caveats up to and including its
+    delegate caveat (every token of the branch shares them); for a token id,
+    the verifiers' lifetime cap, since an attenuation without delegation may
+    be shorter-lived than the token it came from.
+    """
+    unverified = agentcaps.decode_unverified(token)
+    ident = unverified.identifier
+    cap = ident.iat + max_lifetime
+    now = int(time.time())
+    last = max(
+        (i for i, c in enumerate(unverified.caveats) if isinstance(c, cv.Delegate)), default=None
+    )
+    if last is None:
+        return Revocation(RevocationKind.TOKEN, (ident.tid.hex(),), now, cap, reason, by)
+    delegate = unverified.caveats[last]
+    assert isinstance(delegate, cv.Delegate)
+    expiries = [c.at for c in unverified.caveats[: last + 1] if isinstance(c, cv.Expires)]
+    expires_at = min([cap, *expiries])
+    return Revocation(
+        RevocationKind.DELEGATION,
+        (delegate.delegation_id.hex(),),
+        now,
+        expires_at,
+        reason,
+        by,
+    )
+
+
+def check_revoke(args: argparse.Namespace) -> None:
+    if args.user is not None and args.customer is None:
+        raise UsageError("--user goes with --customer (see `agentcaps revoke --help`)")
+
+
+def cmd_revoke(args: argparse.Namespace, stores: Stores) -> None:
+    reason, by, now = args.reason, _who(), int(time.time())
+    if args.key is not None:
+        stores.keys.revoke(args.key, reason=reason, by=by)
+        stored = [
+            r
+            for r in stores.store.list()
+            if r.kind is RevocationKind.KEY and r.subject == (args.key,)
+        ]
+        _print_json(stored[0].to_dict() if stored else {"kind": "key", "key_id": args.key})
+        return
+    if args.token is not None:
+        token = _read_token(args.token)
+        revocation = _token_revocation(token, reason, by, stores.settings.max_lifetime)
+    else:
+        subject: tuple[str, ...]
+        if args.token_id is not None:
+            kind, subject = RevocationKind.TOKEN, (args.token_id.strip().lower(),)
+        elif args.delegation_id is not None:
+            kind, subject = RevocationKind.DELEGATION, (args.delegation_id.strip().lower(),)
+        elif args.user is not None:
+            kind, subject = RevocationKind.USER, (args.customer, args.user)
+        elif args.customer is not None:
+            kind, subject = RevocationKind.CUSTOMER, (args.customer,)
+        else:
+            kind, subject = RevocationKind.AGENT, (args.agent,)
+        # No expiry given: the store keeps it as long as any token can live.
+        revocation = Revocation(kind, subject, now, None, reason, by)
+    _print_json(stores.revocations.revoke(revocation).to_dict())
+
+
+def cmd_revocations_list(args: argparse.Namespace, stores: Stores) -> None:
+    _print_json([r.to_dict() for r in stores.store.list()])
+
+
+def cmd_revocations_recover(args: argparse.Namespace, stores: Stores) -> None:
+    epoch = stores.store.recover()
+    print(
+        f"Started a new revocation epoch ({epoch[:8]}…): verifiers stop failing closed "
+        "at their next check.\n"
+        "The revocations that were lost stay lost: tokens they revoked verify again until "
+        "they expire.\n"
+        "Rotate (`agentcaps keys rotate KID`) or revoke (`agentcaps keys revoke KID`) the root "
+        "keys whose tokens must not come back, and revoke again what you know was revoked."
+    )
+
+
+# -- the parser ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = _Parser(
+        prog=PROG,
+        description="Capability tokens for AI agents, built on macaroons.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    store = _Parser(add_help=False)
+    store.add_argument(
+        "--redis",
+        metavar="URL",
+        help="the store: redis://, rediss://, unix:// or memory:// "
+        "(default: AGENTCAPS_REDIS_URL, else memory://)",
+    )
+    token_help = "the token, or - to read it from stdin"
+
+    def command(
+        group: argparse._SubParsersAction[_Parser],
+        name: str,
+        help: str,
+        func: Callable[[argparse.Namespace], int | None],
+        *,
+        parents: Sequence[_Parser] = (),
+    ) -> _Parser:
+        sub = group.add_parser(name, help=help, description=help, parents=[*parents])
+        sub.set_defaults(func=func)
+        return sub
+
+    # offline
+    p = command(commands, "inspect", "show what a token claims, WITHOUT verifying it", cmd_inspect)
+    p.add_argument("token", metavar="TOKEN", help=token_help)
+
+    p = command(
+        commands,
+        "attenuate",
+        "narrow a token offline (no key, no network) and print the new token",
+        cmd_attenuate,
+    )
+    p.add_argument("token", metavar="TOKEN", help=token_help)
+    p.add_argument(
+        "--resource",
+        action="append",
+        metavar="GLOB",
+        help="allow only these resources (repeatable)",
+    )
+    p.add_argument(
+        "--action", action="append", metavar="ACTION", help="allow only these actions (repeatable)"
+    )
+    p.add_argument(
+        "--purpose",
+        action="append",
+        metavar="PURPOSE",
+        help="allow only these purposes (repeatable)",
+    )
+    life = p.add_mutually_exclusive_group()
+    life.add_argument(
+        "--ttl", type=_positive_int, metavar="SECONDS", help="expire this many seconds from now"
+    )
+    life.add_argument(
+        "--expires-at",
+        type=_time_floor,
+        metavar="ISO8601",
+        help="expire at this time, e.g. 2026-12-01T10:00:00Z",
+    )
+    p.add_argument("--delegate-to", metavar="AGENT", help="hand the token to this agent")
+    p.add_argument(
+        "--audience",
+        action="append",
+        metavar="NAME",
+        help="valid only at these verifiers (repeatable)",
+    )
+    p.add_argument(
+        "--max-delegations", type=_count, metavar="N", help="allow at most N further delegations"
+    )
+
+    command(
+        commands, "master-key", "print a fresh master key for AGENTCAPS_MASTER_KEY", cmd_master_key
+    )
+    command(commands, "demo", "a guided tour: mint, delegate, verify, revoke (in memory)", cmd_demo)
+
+    p = command(
+        commands,
+        "doctor",
+        "check that a Redis is fit to keep revocations safe",
+        cmd_doctor,
+        parents=[store],
+    )
+    p.add_argument(
+        "url",
+        nargs="?",
+        metavar="URL",
+        help="the Redis to check (default: --redis, else AGENTCAPS_REDIS_URL)",
+    )
+
+    # against a store
+    keys = command(commands, "keys", "manage root keys", _missing_subcommand)
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    p = command(
+        key_commands,
+        "create",
+        "create an active root key (the owner's previous one becomes verify-only)",
+        _store_command(cmd_keys_create),
+        parents=[store],
+    )
+    p.add_argument(
+        "--customer", metavar="C", help="the customer who owns it (default: the platform)"
+    )
+    command(
+        key_commands,
+        "list",
+        "list root keys, newest first",
+        _store_command(cmd_keys_list),
+        parents=[store],
+    )
+    p = command(
+        key_commands,
+        "rotate",
+        "replace a key by a new active one; the old one becomes verify-only",
+        _store_command(cmd_keys_rotate),
+        parents=[store],
+    )
+    p.add_argument("kid", metavar="KID")
+    p = command(
+        key_commands,
+        "revoke",
+        "revoke a key: every token it signed is denied (key_revoked)",
+        _store_command(cmd_keys_revoke),
+        parents=[store],
+    )
+    p.add_argument("kid", metavar="KID")
+    p.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit trail")
+
+    p = command(
+        commands,
+        "mint",
+        "mint a token for an agent acting for a user",
+        _store_command(cmd_mint),
+        parents=[store],
+    )
+    p.add_argument("--customer", required=True, metavar="C", help="the customer (tenant)")
+    p.add_argument("--user", required=True, metavar="U", help="the user the agent acts for")
+    p.add_argument("--agent", required=True, metavar="A", help="the agent the token is for")
+    p.add_argument(
+        "--resource",
+        action="append",
+        required=True,
+        metavar="GLOB",
+        help="resource pattern, e.g. crm/** (repeatable)",
+    )
+    p.add_argument(
+        "--action", action="append", required=True, metavar="ACTION", help="e.g. read (repeatable)"
+    )
+    p.add_argument(
+        "--purpose", action="append", required=True, metavar="PURPOSE", help="why (repeatable)"
+    )
+    p.add_argument(
+        "--ttl",
+        type=_positive_int,
+        required=True,
+        metavar="SECONDS",
+        help="lifetime (at most AGENTCAPS_MAX_TTL, default 3600)",
+    )
+    p.add_argument(
+        "--audience",
+        action="append",
+        metavar="NAME",
+        help="valid only at these verifiers (repeatable)",
+    )
+    p.add_argument(
+        "--max-delegations", type=_count, metavar="N", help="allow at most N delegations"
+    )
+    p.add_argument(
+        "--not-before", type=_time_ceil, metavar="ISO8601", help="not valid before this time"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the token with its id, key id and times"
+    )
+
+    p = command(
+        commands,
+        "verify",
+        "decide a request against a token; exit 0 only when allowed",
+        _store_command(cmd_verify),
+        parents=[store],
+    )
+    p.add_argument("token", metavar="TOKEN", help=token_help)
+    p.add_argument("--resource", required=True, metavar="RESOURCE")
+    p.add_argument("--action", required=True, metavar="ACTION")
+    p.add_argument("--purpose", metavar="PURPOSE", help="the purpose the caller declares")
+    p.add_argument(
+        "--actor", metavar="AGENT", help="who is calling; must be the token's last holder"
+    )
+    p.add_argument("--audience", metavar="NAME", help="this verifier's audience name")
+
+    p = command(
+        commands,
+        "revoke",
+        "revoke tokens; prints the stored revocation",
+        _store_command(cmd_revoke, check_revoke),
+        parents=[store],
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--token", metavar="TOKEN", help="this token and everything derived from it (- reads stdin)"
+    )
+    what.add_argument(
+        "--token-id", metavar="ID", help="a token id (hex) and every attenuation of it"
+    )
+    what.add_argument(
+        "--delegation-id", metavar="ID", help="a delegation branch (hex) and everything below it"
+    )
+    what.add_argument("--key", metavar="KID", help="every token a root key signed")
+    what.add_argument(
+        "--customer",
+        metavar="C",
+        help="every token issued so far for a customer (with --user: for one user)",
+    )
+    what.add_argument(
+        "--agent", metavar="A", help="every token issued so far that names this agent as a holder"
+    )
+    p.add_argument("--user", metavar="U", help="with --customer: only this user's tokens")
+    p.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit trail")
+
+    revocations = command(
+        commands, "revocations", "list revocations, or recover after a loss", _missing_subcommand
+    )
+    rv_commands = revocations.add_subparsers(
+        dest="revocations_command", metavar="COMMAND", required=True
+    )
+    command(
+        rv_commands,
+        "list",
+        "every live revocation, newest first",
+        _store_command(cmd_revocations_list),
+        parents=[store],
+    )
+    command(
+        rv_commands,
+        "recover",
+        "after a detected loss: accept it and let verifiers allow again",
+        _store_command(cmd_revocations_recover),
+        parents=[store],
+    )
+    return parser
+
+
+def _missing_subcommand(
+    args: argparse.Namespace,
+) -> NoReturn:  # pragma: no cover - argparse requires one
+    raise UsageError("a subcommand is required")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe is reported here, not at interpreter exit
+        return status
+    except UsageError as exc:
+        _err(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`agentcaps keys list | head`); say nothing more.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 1
+    except InvalidToken as exc:
+        _err(f"not a valid token: {exc}")
+        return 1
+    except AgentCapsError as exc:
+        _err(str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback, ever
+        _err(f"unexpected internal error ({type(exc).__name__}); please report it")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
