@@ -222,7 +222,12 @@ def _decode_v2_body(data: bytes, limits: Limits) -> RawMacaroon:
     pos = 1
     location = None
     if data[pos] == _LOCATION:
-        location, pos = _field(data, pos, _LOCATION, MAX_LOCATION_BYTES)
+        if data[pos + 1] == 0:
+            # pymacaroons writes an empty root location rather than none. The
+            # location is not signed and means nothing to us: read it as none.
+            pos += 2
+        else:
+            location, pos = _field(data, pos, _LOCATION, MAX_LOCATION_BYTES)
     identifier, pos = _field(data, pos, _IDENTIFIER, MAX_IDENTIFIER_BYTES)
     if data[pos] != _EOS:
         raise MalformedToken("unexpected field in macaroon")
@@ -253,7 +258,8 @@ def _decode_v2_body(data: bytes, limits: Limits) -> RawMacaroon:
         if vid is not None or cav_location is not None:
             third_party.append(ThirdParty(len(cids), vid, cav_location))
         cids.append(cid)
-    signature, pos = _field(data, pos + 1, _SIGNATURE, SIGNATURE_BYTES)
+    # The limit here only bounds the read; any length but 32 is malformed.
+    signature, pos = _field(data, pos + 1, _SIGNATURE, limits.max_token_bytes)
     if len(signature) != SIGNATURE_BYTES:
         raise MalformedToken("signature has the wrong length")
     if pos != len(data):
