@@ -22,8 +22,8 @@ MAX_RESOURCE_CHARS = 1024
 DELEGATION_ID_BYTES = 16
 
 # Names (customers, users, agents, actions, purposes, audiences) are printable
-# text: no control characters, no surrounding space.
-_NAME = re.compile(r"[^\x00-\x1f\x7f]+")
+# text in Python's sense (str.isprintable: no control, format or separator
+# characters except the ASCII space), with no surrounding space.
 
 
 class WrongShape(Exception):
@@ -35,8 +35,9 @@ def check_name(value: object, what: str) -> str:
     if (
         type(value) is not str
         or not 0 < len(value) <= MAX_NAME_CHARS
-        or value != value.strip()
-        or not _NAME.fullmatch(value)
+        or not value.isprintable()
+        or value[0] == " "
+        or value[-1] == " "
     ):
         raise InvalidArgument(f"{what} must be 1-{MAX_NAME_CHARS} printable characters")
     return value
@@ -59,11 +60,7 @@ def check_resource_glob(glob: object) -> str:
     segments, and `*` inside a literal, are refused so that a pattern means one
     thing only.
     """
-    if (
-        type(glob) is not str
-        or not 0 < len(glob) <= MAX_RESOURCE_CHARS
-        or not _NAME.fullmatch(glob)
-    ):
+    if type(glob) is not str or not 0 < len(glob) <= MAX_RESOURCE_CHARS or not glob.isprintable():
         raise InvalidArgument(
             f"resource pattern must be 1-{MAX_RESOURCE_CHARS} printable characters"
         )
@@ -80,7 +77,7 @@ _BAD_SEGMENTS = frozenset(("", ".", ".."))
 
 def is_canonical_resource(resource: str) -> bool:
     """True for a resource a pattern can match: printable, no empty, '.' or '..' segments."""
-    if not 0 < len(resource) <= MAX_RESOURCE_CHARS or not _NAME.fullmatch(resource):
+    if not 0 < len(resource) <= MAX_RESOURCE_CHARS or not resource.isprintable():
         return False
     return _BAD_SEGMENTS.isdisjoint(resource.split("/"))
 
