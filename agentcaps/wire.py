@@ -294,9 +294,15 @@ def decode_token(token: object, limits: Limits = DEFAULT_LIMITS) -> RawMacaroon:
 # --- msgpack values ----------------------------------------------------------
 
 
+# One Packer, reused: msgpack.packb builds a new one per call, which costs more
+# than the packing. Its C implementation packs a value without releasing the
+# GIL, so sharing it between threads is safe.
+_PACKER = msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
 def packb(value: object) -> bytes:
     """Canonical msgpack: the smallest encoding, str and bin kept apart."""
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return _PACKER.pack(value)  # type: ignore[no-any-return]
 
 
 def unpackb(data: bytes) -> object:
