@@ -18,7 +18,7 @@ from agentcaps.caveats import is_canonical_resource
 from agentcaps.claims import Claims, UnverifiedToken, decode_unverified, sorted_names, summarize
 from agentcaps.decision import Decision, Reason, deny
 from agentcaps.errors import InvalidToken, StoreUnavailable
-from agentcaps.keys import KeyState, KeyStore
+from agentcaps.keys import KeyState, KeyStore, RootKey
 from agentcaps.revocation import RevocationStore, TokenFacts
 
 Clock = Callable[[], float]
@@ -100,28 +100,11 @@ class Verifier:
             actor is not None and type(actor) is not str
         ):
             raise TypeError("purpose and actor are strings or None")
-        decoded = self._decoded.get(token) if type(token) is str else None
-        if decoded is None:
-            try:
-                decoded = self._decode(token)
-            except InvalidToken as exc:
-                return deny(exc.reason)
-        unverified, claims = decoded
+        found = self._authentic(token)
+        if isinstance(found, Decision):
+            return found
+        (unverified, claims), key = found
         ident = unverified.identifier
-        raw = unverified.raw
-
-        try:
-            key = self._keys.get(ident.kid)
-        except StoreUnavailable:
-            return deny(Reason.REVOCATION_UNAVAILABLE)
-        if key is None:
-            return deny(Reason.UNKNOWN_KEY)
-        vids = {extra.position: extra.vid for extra in raw.third_party if extra.vid is not None}
-        expected = signature.chain(key.derived, raw.identifier, raw.cids, vids)
-        if not signature.signatures_equal(expected, raw.signature):
-            return deny(Reason.BAD_SIGNATURE)
-
-        # From here on the token is authentic: its claims may be reported.
         if key.state is KeyState.REVOKED:
             reason: Reason | None = Reason.KEY_REVOKED
         else:
@@ -140,19 +123,42 @@ class Verifier:
                 reason = self._revocations.check(facts)
             except StoreUnavailable:
                 reason = Reason.REVOCATION_UNAVAILABLE
-        return Decision(
-            allowed=reason is None,
-            reason=reason or Reason.OK,
-            token_id=ident.tid.hex(),
-            key_id=ident.kid,
-            customer=claims.customer,
-            user=claims.user,
-            chain=claims.chain,
-            delegation_ids=tuple(d.hex() for d in claims.delegation_ids),
-            purposes=sorted_names(claims.purposes),
-            expires_at=claims.expires_at,
-            issued_at=ident.iat,
-        )
+        return _decision(unverified, claims, reason)
+
+    def authenticate(self, token: object) -> Decision:
+        """Check only that `token` is authentic: it decodes, its root key exists, its signature holds.
+
+        Nothing here says what the token allows: no caveat, clock, key state
+        or revocation is checked. Use it to act on a token itself (revoking
+        it, for instance), never to authorise a request.
+        """
+        found = self._authentic(token)
+        if isinstance(found, Decision):
+            return found
+        (unverified, claims), _key = found
+        return _decision(unverified, claims, None)
+
+    def _authentic(self, token: object) -> Decision | tuple[_Decoded, RootKey]:
+        """The decoded token and its key if the signature holds, else the deny Decision."""
+        decoded = self._decoded.get(token) if type(token) is str else None
+        if decoded is None:
+            try:
+                decoded = self._decode(token)
+            except InvalidToken as exc:
+                return deny(exc.reason)
+        raw = decoded[0].raw
+        try:
+            key = self._keys.get(decoded[0].identifier.kid)
+        except StoreUnavailable:
+            return deny(Reason.REVOCATION_UNAVAILABLE)
+        if key is None:
+            return deny(Reason.UNKNOWN_KEY)
+        vids = {extra.position: extra.vid for extra in raw.third_party if extra.vid is not None}
+        expected = signature.chain(key.derived, raw.identifier, raw.cids, vids)
+        if not signature.signatures_equal(expected, raw.signature):
+            return deny(Reason.BAD_SIGNATURE)
+        # From here on the token is authentic: its claims may be reported.
+        return decoded, key
 
     def _decode(self, token: object) -> _Decoded:
         unverified = decode_unverified(token, self._limits)
@@ -195,3 +201,21 @@ class Verifier:
         if not claims.purposes or (purpose is not None and purpose not in claims.purposes):
             return Reason.PURPOSE_DENIED
         return None
+
+
+def _decision(unverified: UnverifiedToken, claims: Claims, reason: Reason | None) -> Decision:
+    """The Decision for an authentic token, with its provenance."""
+    ident = unverified.identifier
+    return Decision(
+        allowed=reason is None,
+        reason=reason or Reason.OK,
+        token_id=ident.tid.hex(),
+        key_id=ident.kid,
+        customer=claims.customer,
+        user=claims.user,
+        chain=claims.chain,
+        delegation_ids=tuple(d.hex() for d in claims.delegation_ids),
+        purposes=sorted_names(claims.purposes),
+        expires_at=claims.expires_at,
+        issued_at=ident.iat,
+    )

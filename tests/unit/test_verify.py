@@ -597,3 +597,19 @@ def test_verify_refuses_a_request_of_the_wrong_types(token, verifier):
         verifier.verify(token, resource=None, action="read")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         verifier.verify(token, resource="crm/1", action="read", purpose=5)  # type: ignore[arg-type]
+
+
+def test_authenticate_accepts_an_authentic_token_whatever_it_allows(token, verifier, clock):
+    """authenticate() checks only the signature: an expired but authentic token passes, with its identity."""
+    clock.advance(10_000)
+    assert check(verifier, token).reason is Reason.EXPIRED
+    decision = verifier.authenticate(token)
+    assert decision.allowed and decision.reason is Reason.OK
+    assert decision.customer == "acme" and decision.chain
+
+
+def test_authenticate_denies_a_forged_token_bad_signature(token, verifier):
+    """authenticate() refuses a token whose signature chain does not hold."""
+    decision = verifier.authenticate(flip_last_signature_bit(token))
+    assert decision.reason is Reason.BAD_SIGNATURE
+    assert_no_identity(decision)
