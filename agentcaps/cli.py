@@ -22,7 +22,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
 import agentcaps
-from agentcaps import caveats as cv
 from agentcaps.config import MEMORY_URL, Settings, new_master_key_text
 from agentcaps.errors import (
     AgentCapsError,
@@ -32,7 +31,7 @@ from agentcaps.errors import (
     RevocationStateLost,
     StoreUnavailable,
 )
-from agentcaps.revocation import Revocation, RevocationKind
+from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 
 if TYPE_CHECKING:
     from agentcaps.stores.doctor import Check
@@ -341,38 +340,6 @@ def cmd_verify(args: argparse.Namespace, stores: Stores) -> int:
     return 0 if decision.allowed else 1
 
 
-def _token_revocation(token: str, reason: str, by: str, max_lifetime: int) -> Revocation:
-    """What revokes `token` and everything derived from it: its last delegation, else its id.
-
-    The entry is kept as long as any token carrying that id can live: for a
-    delegation, the earliest expiry among the caveats up to and including its
-    delegate caveat (every token of the branch shares them); for a token id,
-    the verifiers' lifetime cap, since an attenuation without delegation may
-    be shorter-lived than the token it came from.
-    """
-    unverified = agentcaps.decode_unverified(token)
-    ident = unverified.identifier
-    cap = ident.iat + max_lifetime
-    now = int(time.time())
-    last = max(
-        (i for i, c in enumerate(unverified.caveats) if isinstance(c, cv.Delegate)), default=None
-    )
-    if last is None:
-        return Revocation(RevocationKind.TOKEN, (ident.tid.hex(),), now, cap, reason, by)
-    delegate = unverified.caveats[last]
-    assert isinstance(delegate, cv.Delegate)
-    expiries = [c.at for c in unverified.caveats[: last + 1] if isinstance(c, cv.Expires)]
-    expires_at = min([cap, *expiries])
-    return Revocation(
-        RevocationKind.DELEGATION,
-        (delegate.delegation_id.hex(),),
-        now,
-        expires_at,
-        reason,
-        by,
-    )
-
-
 def check_revoke(args: argparse.Namespace) -> None:
     if args.user is not None and args.customer is None:
         raise UsageError("--user goes with --customer (see `agentcaps revoke --help`)")
@@ -391,7 +358,13 @@ def cmd_revoke(args: argparse.Namespace, stores: Stores) -> None:
         return
     if args.token is not None:
         token = _read_token(args.token)
-        revocation = _token_revocation(token, reason, by, stores.settings.max_lifetime)
+        revocation = revocation_for(
+            agentcaps.decode_unverified(token),
+            revoked_at=now,
+            max_lifetime=stores.settings.max_lifetime,
+            reason=reason,
+            by=by,
+        )
     else:
         subject: tuple[str, ...]
         if args.token_id is not None:

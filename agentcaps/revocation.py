@@ -21,6 +21,8 @@ from typing import NamedTuple, Protocol
 
 import msgpack
 
+from agentcaps import caveats as cv
+from agentcaps.claims import UnverifiedToken
 from agentcaps.decision import Reason
 from agentcaps.errors import InvalidArgument
 
@@ -261,3 +263,33 @@ class RevocationIndex:
 def default_expiry(revoked_at: int, max_lifetime: int, leeway: int) -> int:
     """When an entry made at `revoked_at` may be forgotten."""
     return revoked_at + max_lifetime + leeway
+
+
+def revocation_for(
+    token: UnverifiedToken, *, revoked_at: int, max_lifetime: int, reason: str = "", by: str = ""
+) -> Revocation:
+    """The revocation that takes `token` and everything derived from it.
+
+    That is its last delegation id when it has one (the branch it belongs to
+    and all below, never its parent or siblings), else its token id. The entry
+    is kept as long as any token it touches can live: for a delegation, the
+    earliest expiry among the caveats up to and including that delegate caveat
+    (every token of the branch carries them); for a token id, the verifiers'
+    lifetime cap, since `token` may be a shorter-lived copy of the original.
+    """
+    ident = token.identifier
+    cap = ident.iat + max_lifetime
+    last = max((i for i, c in enumerate(token.caveats) if isinstance(c, cv.Delegate)), default=None)
+    if last is None:
+        return Revocation(RevocationKind.TOKEN, (ident.tid.hex(),), revoked_at, cap, reason, by)
+    delegate = token.caveats[last]
+    assert isinstance(delegate, cv.Delegate)
+    expiries = [c.at for c in token.caveats[: last + 1] if isinstance(c, cv.Expires)]
+    return Revocation(
+        RevocationKind.DELEGATION,
+        (delegate.delegation_id.hex(),),
+        revoked_at,
+        min([cap, *expiries]),
+        reason,
+        by,
+    )
