@@ -7,7 +7,8 @@ StoreUnavailable here, at the edge; no other module sees a Redis type.
 Layout. Every key carries one hash tag, so on Redis Cluster they share a slot
 and the Lua scripts below can change several of them atomically:
 
-    <ns>:{ac}:keys:<kid>   hash: customer, state, created_at, blob (AES-GCM)
+    <ns>:{ac}:keys:k:<kid> hash: owner (customer, "" for the platform), state,
+                           created_at, blob (AES-GCM)
     <ns>:{ac}:keys:index   zset: kid by creation time
     <ns>:{ac}:keys:active  hash: owner -> active kid ("" is the platform)
     <ns>:{ac}:keys:check   the master key check value
@@ -28,13 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import secrets
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from cryptography.exceptions import InvalidTag
@@ -73,6 +75,8 @@ _PLATFORM = ""  # the owner name of platform keys in keys:active
 _CHECK_PLAINTEXT = b"agentcaps master key check v1"
 _NEGATIVE_CACHE_SECONDS = 1.0
 _STREAM_MAXLEN = 100_000
+_READ_COUNT = 1000  # events a replica takes from the stream per read
+_WAIT_TIMEOUT = 1.0  # seconds a revocation waits for replicas to confirm it
 _PRUNE_PER_WRITE = 500
 _SCAN_COUNT = 1000
 
@@ -278,17 +282,20 @@ class RedisKeyStore:
         if self._checked:
             return
         try:
-            stored = self._client.get(self._layout.keys_check)
+            stored = cast("bytes | None", self._client.get(self._layout.keys_check))
             if stored is None:
                 nonce = secrets.token_bytes(12)
                 sealed = nonce + self._aead.encrypt(nonce, _CHECK_PLAINTEXT, b"check")
                 self._client.set(self._layout.keys_check, sealed, nx=True)
-                stored = self._client.get(self._layout.keys_check)
+                stored = cast("bytes | None", self._client.get(self._layout.keys_check))
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
+        if stored is None:
+            # Written, then gone before it could be read back: the store is losing data.
+            raise StoreUnavailable("the master key check value vanished from Redis")
         try:
             self._aead.decrypt(stored[:12], stored[12:], b"check")
-        except (InvalidTag, TypeError):
+        except (InvalidTag, ValueError):
             raise ConfigError(
                 "AGENTCAPS_MASTER_KEY is not the master key this store's root keys were encrypted with"
             ) from None
@@ -298,7 +305,7 @@ class RedisKeyStore:
 
     def _load(self, kid: str) -> RootKey | None:
         try:
-            record = self._client.hgetall(self._layout.key(kid))
+            record = cast("dict[bytes, bytes]", self._client.hgetall(self._layout.key(kid)))
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
         if not record:
@@ -344,7 +351,7 @@ class RedisKeyStore:
     def list(self) -> list[RootKey]:
         """Every key, newest first."""
         try:
-            kids = self._client.zrevrange(self._layout.keys_index, 0, -1)
+            kids = cast("list[bytes]", self._client.zrevrange(self._layout.keys_index, 0, -1))
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
         keys = (self._load(kid.decode()) for kid in kids)
@@ -386,7 +393,9 @@ class RedisKeyStore:
         process takes effect on the very next mint.
         """
         try:
-            kid = self._client.hget(self._layout.keys_active, customer or _PLATFORM)
+            kid = cast(
+                "bytes | None", self._client.hget(self._layout.keys_active, customer or _PLATFORM)
+            )
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
         if kid is None:
@@ -445,6 +454,9 @@ class RedisRevocationStore:
             None asks Redis how many are connected, each time.
         wait_timeout: seconds WAIT may take before the revocation is reported
             as not durable.
+        write_client: the client revocations are written and WAITed on
+            (default: `client`); its read timeout must outlast `wait_timeout`,
+            or a slow replica ends in a bare socket timeout.
     """
 
     def __init__(
@@ -458,8 +470,10 @@ class RedisRevocationStore:
         wait_replicas: int | None = None,
         wait_timeout: float = 1.0,
         count_replicas: bool = True,
+        write_client: redis.Redis | None = None,
     ) -> None:
         self._client = client
+        self._write_client = write_client or client
         self._layout = layout
         self._clock = clock
         self._max_lifetime = max_lifetime
@@ -481,8 +495,9 @@ class RedisRevocationStore:
         floor = self.watch.seq
         try:
             self._client.hsetnx(self._layout.rv_meta, "epoch", secrets.token_hex(16))
-            epoch, recovery, seq = self._client.hmget(
-                self._layout.rv_meta, "epoch", "recovery", "seq"
+            epoch, recovery, seq = cast(
+                "list[bytes | None]",
+                self._client.hmget(self._layout.rv_meta, "epoch", "recovery", "seq"),
             )
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
@@ -529,7 +544,7 @@ class RedisRevocationStore:
     def meta(self) -> dict[str, str]:
         """The raw rv:meta hash, for `doctor` and readiness."""
         try:
-            raw = self._client.hgetall(self._layout.rv_meta)
+            raw = cast("dict[bytes, bytes]", self._client.hgetall(self._layout.rv_meta))
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
         return {k.decode(): v.decode() for k, v in raw.items()}
@@ -561,12 +576,19 @@ class RedisRevocationStore:
         extra_keys: Sequence[str] = (),
         extra_args: Sequence[object] = (),
     ) -> int:
-        """Run a recording script for `revocation`; return its sequence number once durable."""
+        """Run a recording script for `revocation`; return its sequence number once durable.
+
+        The script and its WAIT go down one connection, in one pipeline: WAIT
+        confirms the writes of the connection it is sent on, so a WAIT sent on
+        another pooled connection could confirm an older write instead.
+        """
         self.ensure_epoch()
+        wanted = self._replicas_to_wait_for()
         layout = self._layout
         assert revocation.expires_at is not None
         try:
-            seq = script(
+            pipe = self._write_client.pipeline(transaction=False)
+            script(
                 keys=[layout.rv, layout.rv_expiry, layout.rv_meta, layout.rv_events, *extra_keys],
                 args=[
                     self.watch.epoch,
@@ -578,7 +600,11 @@ class RedisRevocationStore:
                     _PRUNE_PER_WRITE,
                     *extra_args,
                 ],
+                client=pipe,
             )
+            if wanted:
+                pipe.wait(wanted, max(1, int(self._wait_timeout * 1000)))
+            replies = pipe.execute()
         except redis.ResponseError as exc:
             text = str(exc)
             if "AGENTCAPS_UNKNOWN_KEY" in text:
@@ -589,28 +615,27 @@ class RedisRevocationStore:
             raise _unavailable(exc) from None
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
-        self.watch.advance(int(seq))
-        self._wait_for_replicas()
-        return int(seq)
-
-    def _wait_for_replicas(self) -> None:
-        wanted = self._wait_replicas
-        try:
-            if wanted is None:
-                if not self._count_replicas:
-                    return
-                info = self._client.info("replication")
-                wanted = int(info.get("connected_slaves", 0))
-            if wanted <= 0:
-                return
-            acked = int(self._client.wait(wanted, int(self._wait_timeout * 1000)))
-        except redis.RedisError as exc:
-            raise _unavailable(exc) from None
+        seq = int(replies[0])
+        self.watch.advance(seq)
+        acked = int(replies[1]) if wanted else 0
         if acked < wanted:
             raise StoreUnavailable(
                 f"revocation written to the primary but confirmed by {acked} of {wanted} replicas; "
                 "it is not acknowledged"
             )
+        return seq
+
+    def _replicas_to_wait_for(self) -> int:
+        """How many replicas must confirm a write: as configured, else as many as are connected."""
+        if self._wait_replicas is not None:
+            return max(0, self._wait_replicas)
+        if not self._count_replicas:
+            return 0
+        try:
+            info = self._client.info("replication")
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from None
+        return int(info.get("connected_slaves", 0))
 
     def revoke(self, revocation: Revocation) -> Revocation:
         """Record a revocation; return it as stored, once Redis (and its replicas) have it.
@@ -637,9 +662,11 @@ class RedisRevocationStore:
         floor = self.watch.seq
         try:
             pipe = self._client.pipeline(transaction=False)
-            self._read_meta(pipe)
+            # Entries first, then the meta: a loss that emptied the entries
+            # before they were read shows in the meta read after them.
             pipe.hmget(self._layout.rv, fields)
-            (epoch, recovery, seq), values = pipe.execute()
+            self._read_meta(pipe)
+            values, (epoch, recovery, seq) = pipe.execute()
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
         self.observe(epoch, recovery, seq, floor)
@@ -734,6 +761,8 @@ class ReplicaRevocationStore:
         """Judge against the local index, if it is known to be fresh."""
         if self.watch.lost is not None:
             raise RevocationStateLost(self.watch.lost)
+        if self._stop.is_set():
+            raise StoreUnavailable("revocation replica is closed")
         if time.monotonic() - self._confirmed_at > self._staleness:
             raise StoreUnavailable("revocation replica is staler than its bound")
         return self.index.check(facts)
@@ -748,8 +777,8 @@ class ReplicaRevocationStore:
     def close(self) -> None:
         """Stop following; checks fail closed from now on."""
         self._stop.set()
-        self._confirmed_at = float("-inf")
         self._thread.join(timeout=self._block_ms / 1000 + 1.0)
+        self._confirmed_at = float("-inf")
 
     # -- the follower thread -------------------------------------------------
 
@@ -757,6 +786,10 @@ class ReplicaRevocationStore:
         started = time.monotonic()
         _epoch, _recovery, seq, last_id = self._store.snapshot()
         entries = self._store.entries(int(self._clock()))
+        # The entries are read after the snapshot, in chunks: read the meta
+        # again, so that a store emptied meanwhile (FLUSHALL, a restart) is
+        # seen as lost instead of loading as "nothing revoked".
+        self._store.snapshot()
         index: dict[bytes, tuple[int, int]] = {f: entry_times(v) for f, v in entries.items()}
         self.index.replace(index)
         self._last_id = last_id
@@ -771,11 +804,13 @@ class ReplicaRevocationStore:
         floor = self.watch.seq
         pipe = self._client.pipeline(transaction=False)
         pipe.hmget(self._layout.rv_meta, "epoch", "recovery", "seq")
-        pipe.xread({self._layout.rv_events: self._last_id}, block=self._block_ms, count=1000)
+        pipe.xread({self._layout.rv_events: self._last_id}, block=self._block_ms, count=_READ_COUNT)
         (epoch, recovery, seq), reply = pipe.execute()
         self._store.observe(epoch, recovery, seq, floor)
+        read = 0
         for _stream, events in reply or ():
             for event_id, data in events:
+                read += 1
                 event_seq = int(data[b"seq"])
                 if event_seq > self._applied_seq + 1:
                     # Events went missing between us and the stream: start over.
@@ -785,6 +820,19 @@ class ReplicaRevocationStore:
                 self._applied_seq = max(self._applied_seq, event_seq)
                 self.watch.advance(event_seq)
                 self._last_id = event_id
+        if int(seq or 0) > self._applied_seq:
+            if read >= _READ_COUNT:
+                return  # more events wait in the stream: not current yet
+            # Redis counted revocations the stream no longer holds after our
+            # position (trimmed before we read them, or the stream was
+            # replaced): nothing more will arrive for them, so reload.
+            log.warning(
+                "revocation replica missed events %d..%d; reloading",
+                self._applied_seq + 1,
+                int(seq or 0),
+            )
+            self._reload_needed = True
+            return
         self._confirmed_at = sent
 
     def _run(self) -> None:
@@ -811,6 +859,14 @@ class ReplicaRevocationStore:
                 self._reload_needed = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
+            except Exception:
+                # Anything else (an entry or event this version cannot read):
+                # checks fail closed as the index goes stale; the thread lives
+                # on and reloads, so the replica recovers once the data does.
+                log.exception("revocation replica failed to apply the store's data; reloading")
+                self._reload_needed = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
 
 
 @dataclass
@@ -824,6 +880,12 @@ class Stores:
     revocations: RedisRevocationStore | ReplicaRevocationStore
     store: RedisRevocationStore
     _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        # A store URL may carry a password: say where, never how.
+        return (
+            f"Stores(url={_without_password(self.url)!r}, mode={self.settings.revocation_mode!r})"
+        )
 
     @property
     def memory(self) -> bool:
@@ -853,6 +915,12 @@ class Stores:
         for closer in reversed(self._closers):
             closer()
         self._closers.clear()
+
+
+def _without_password(url: str) -> str:
+    """`url` with any password (in the authority or the query) replaced by `***`."""
+    url = re.sub(r"^([a-z]+://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _client(url: str, timeout: float, *, read_timeout: float | None = None) -> redis.Redis:
@@ -913,6 +981,7 @@ def connect(
         follow_client: redis.Redis = fakeredis.FakeRedis(server=server)
         master_key = settings.master_key or secrets.token_bytes(MASTER_KEY_BYTES)
         count_replicas = False
+        write_client = client
     else:
         if settings.master_key is None:
             raise ConfigError(
@@ -926,6 +995,13 @@ def connect(
             settings.redis_timeout,
             read_timeout=settings.replica_staleness + settings.redis_timeout,
         )
+        # Writes WAIT for replicas up to _WAIT_TIMEOUT: their socket must
+        # wait that long for the answer (how many confirmed), which the
+        # verification client's short timeout would cut off.
+        write_client = _client(
+            url, settings.redis_timeout, read_timeout=_WAIT_TIMEOUT + settings.redis_timeout
+        )
+        closers.append(write_client.close)
         count_replicas = True
     closers.append(client.close)
     store = RedisRevocationStore(
@@ -935,7 +1011,9 @@ def connect(
         max_lifetime=settings.max_lifetime,
         leeway=settings.leeway,
         wait_replicas=settings.wait_replicas,
+        wait_timeout=_WAIT_TIMEOUT,
         count_replicas=count_replicas,
+        write_client=write_client,
     )
     keys = RedisKeyStore(client, master_key, layout=layout, clock=clock, revocations=store)
     revocations: RedisRevocationStore | ReplicaRevocationStore = store
@@ -943,7 +1021,8 @@ def connect(
         replica = ReplicaRevocationStore(
             store, follow_client, layout=layout, staleness=settings.replica_staleness, clock=clock
         )
-        closers.append(replica.close)
+        # Closed in reverse: the follower stops before its connection closes.
         closers.append(follow_client.close)
+        closers.append(replica.close)
         revocations = replica
     return Stores(url, settings, client, keys, revocations, store, closers)

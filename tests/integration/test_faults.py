@@ -1,0 +1,206 @@
+"""Faults on a real redis-server: outages, data loss and restarts, in both verification modes.
+
+The contract: when revocation state cannot be known, verification denies with
+`revocation_unavailable` (never an allow, never an exception), within the
+staleness bound; it recovers by itself when Redis returns with its data; a
+Redis that lost data fails closed until an operator recovers the store.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from agentcaps import Reason, Revocation, RevocationKind, StoreUnavailable
+from agentcaps.errors import RevocationStateLost
+from agentcaps.stores.redis import Stores
+from tests.conftest import FakeClock
+from tests.integration.harness import (
+    LAYOUT,
+    RedisBackend,
+    eventually,
+    mint,
+    reason,
+    replica_threads,
+)
+
+STALENESS = 0.5
+SLACK = 1.5  # scheduling slack on a busy machine; the bound itself is the contract
+RECOVERY = 10.0  # generous deadline for a restarted Redis to be used again
+
+
+@pytest.fixture(params=["direct", "replica"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def revoke_token(stores: Stores, clock: FakeClock, token_id: str) -> None:
+    stores.revocations.revoke(Revocation(RevocationKind.TOKEN, (token_id,), int(clock())))
+
+
+class Scene:
+    """An admin, a verifier in the mode under test, an allowed token and a revoked one."""
+
+    def __init__(self, backend: RedisBackend, mode: str) -> None:
+        self.backend = backend
+        self.clock = backend.clock
+        self.mode = mode
+        self.admin = backend.open()
+        self.verifier = backend.open(revocation_mode=mode, replica_staleness=STALENESS)
+        self.good = mint(self.admin, self.clock).token
+        bad = mint(self.admin, self.clock, user="mallory")
+        self.bad = bad.token
+        revoke_token(self.admin, self.clock, bad.token_id)
+        eventually(lambda: self.decide(self.bad) is Reason.REVOKED, what="the revocation arrives")
+        assert self.decide(self.good) is Reason.OK
+        self.threads = replica_threads()
+
+    def decide(self, token: str) -> Reason:
+        return reason(self.verifier, self.clock, token)
+
+    def poll_until_good_is(
+        self, expected: Reason, timeout: float, *, bad_may_pass: bool = False
+    ) -> float:
+        """Verify both tokens until the good one gets `expected`; unless told, the bad one is never allowed.
+
+        Returns the seconds it took.
+        """
+        started = time.monotonic()
+        while True:
+            if not bad_may_pass:
+                assert self.decide(self.bad) is not Reason.OK, "a revoked token was allowed"
+            if self.decide(self.good) is expected:
+                return time.monotonic() - started
+            assert time.monotonic() - started < timeout, f"not {expected} within {timeout} s"
+            time.sleep(0.005)
+
+    def stays_closed(self, seconds: float) -> None:
+        """For `seconds`, every decision is revocation_unavailable."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            assert self.decide(self.good) is Reason.REVOCATION_UNAVAILABLE
+            assert self.decide(self.bad) is Reason.REVOCATION_UNAVAILABLE
+            time.sleep(0.01)
+
+    def healthy(self) -> None:
+        """The replica's follower thread (if any) is the same and still alive."""
+        assert replica_threads() == self.threads
+        if self.mode == "replica":
+            assert len(self.threads) == 1
+
+
+def test_stopped_redis_denies_within_the_bound_and_recovers_by_itself(
+    durable_backend: RedisBackend, mode: str
+) -> None:
+    """With Redis down, verification denies revocation_unavailable within the bound; once it is back, it allows again."""
+    scene = Scene(durable_backend, mode)
+    durable_backend.server.stop()
+    if mode == "direct":
+        assert scene.decide(scene.good) is Reason.REVOCATION_UNAVAILABLE  # the very next one
+    else:
+        assert scene.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, 10) <= STALENESS + SLACK
+    scene.stays_closed(STALENESS / 2)
+    with pytest.raises(StoreUnavailable):
+        revoke_token(scene.admin, scene.clock, "ee" * 16)
+    scene.healthy()
+
+    durable_backend.server.start()
+    scene.poll_until_good_is(Reason.OK, RECOVERY)
+    assert scene.decide(scene.bad) is Reason.REVOKED
+    scene.healthy()
+
+
+def test_a_hung_redis_denies_within_the_bound_and_recovers_by_itself(
+    redis_backend: RedisBackend, mode: str
+) -> None:
+    """A Redis that accepts but does not answer (SIGSTOP) gives revocation_unavailable, promptly; SIGCONT brings back allows."""
+    scene = Scene(redis_backend, mode)
+    process = redis_backend.server.process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        if mode == "direct":
+            started = time.monotonic()
+            assert scene.decide(scene.good) is Reason.REVOCATION_UNAVAILABLE
+            timeout = scene.verifier.settings.redis_timeout
+            assert time.monotonic() - started <= timeout + SLACK
+        else:
+            assert scene.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, 10) <= STALENESS + SLACK
+        scene.stays_closed(STALENESS / 2)
+        scene.healthy()
+    finally:
+        process.send_signal(signal.SIGCONT)
+    scene.poll_until_good_is(Reason.OK, RECOVERY)
+    assert scene.decide(scene.bad) is Reason.REVOKED
+    scene.healthy()
+
+
+def flushall(backend: RedisBackend) -> None:
+    backend.raw.flushall()
+
+
+def restart_empty(backend: RedisBackend) -> None:
+    backend.server.restart()  # no persistence: it comes back empty
+
+
+def sequence_back(backend: RedisBackend) -> None:
+    # What a failover to a replica that missed the latest revocations looks like.
+    assert int(backend.raw.hget(LAYOUT.rv_meta, "seq")) >= 2
+    backend.raw.hset(LAYOUT.rv_meta, "seq", 1)
+
+
+@pytest.mark.parametrize(
+    ("lose", "revocation_lost"),
+    [(flushall, True), (restart_empty, True), (sequence_back, False)],
+    ids=["flushall", "restart-without-persistence", "sequence-went-back"],
+)
+def test_lost_revocation_state_fails_closed_until_an_operator_recovers(
+    redis_backend: RedisBackend,
+    mode: str,
+    lose: Callable[[RedisBackend], None],
+    revocation_lost: bool,
+) -> None:
+    """After a flush, an empty restart or a sequence going back, nothing is allowed until recover(); a revoked token never."""
+    scene = Scene(redis_backend, mode)
+    second = mint(scene.admin, scene.clock, user="eve")
+    revoke_token(scene.admin, scene.clock, second.token_id)  # the sequence is now 2
+    # The verifier learns of sequence 2 (a direct verifier by verifying anything).
+    eventually(
+        lambda: scene.decide(second.token) is Reason.REVOKED, what="the verifier sees sequence 2"
+    )
+    lose(redis_backend)
+
+    assert scene.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, 10) <= STALENESS + SLACK
+    with pytest.raises(RevocationStateLost):
+        revoke_token(scene.admin, scene.clock, "bb" * 16)
+    # A process that never knew the old state may write to the store again;
+    # that must not make the loss look like "nothing revoked" to the others.
+    newcomer = redis_backend.open()
+    revoke_token(newcomer, scene.clock, "cc" * 16)
+    scene.stays_closed(STALENESS + 0.2)
+    scene.healthy()
+
+    scene.admin.store.recover()
+    scene.poll_until_good_is(Reason.OK, RECOVERY, bad_may_pass=revocation_lost)
+    # Recovery accepts the loss: what was lost stays lost, as documented.
+    expected = Reason.OK if revocation_lost else Reason.REVOKED
+    assert scene.decide(scene.bad) is expected
+    revoke_token(scene.admin, scene.clock, "dd" * 16)
+    scene.healthy()
+
+
+def test_a_revocation_survives_a_kill_and_restart_with_aof(
+    durable_backend: RedisBackend, mode: str
+) -> None:
+    """A revocation acknowledged before kill -9 is still enforced, by old and fresh verifiers, after Redis restarts."""
+    scene = Scene(durable_backend, mode)
+    durable_backend.server.stop()  # SIGKILL: only what was fsynced survives
+    durable_backend.server.start()
+    fresh = durable_backend.open(revocation_mode=mode, replica_staleness=STALENESS)
+    assert reason(fresh, scene.clock, scene.bad) is Reason.REVOKED
+    assert reason(fresh, scene.clock, scene.good) is Reason.OK
+    scene.poll_until_good_is(Reason.OK, RECOVERY)
+    assert scene.decide(scene.bad) is Reason.REVOKED
