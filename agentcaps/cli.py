@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
 import agentcaps
-from agentcaps.config import MEMORY_URL, Settings, new_master_key_text
+from agentcaps.config import MEMORY_URL, Settings, new_master_key_text, redact_url
 from agentcaps.errors import (
     AgentCapsError,
     ConfigError,
@@ -152,7 +152,6 @@ def _who() -> str:
 @contextlib.contextmanager
 def _open_stores(args: argparse.Namespace) -> Iterator[Stores]:
     """The stores of --redis / AGENTCAPS_REDIS_URL / memory://, in direct mode, closed after."""
-    from agentcaps.stores.doctor import redact
 
     settings = Settings.from_env()
     url = args.redis or settings.url
@@ -173,7 +172,7 @@ def _open_stores(args: argparse.Namespace) -> Iterator[Stores]:
     except RevocationStateLost:
         raise
     except StoreUnavailable as exc:
-        raise StoreUnavailable(f"{exc} at {redact(url)}") from None
+        raise StoreUnavailable(f"{exc} at {redact_url(url)}") from None
     finally:
         stores.close()
 
@@ -242,7 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from agentcaps.stores.doctor import Check, Status, diagnose, redact
+    from agentcaps.stores.doctor import Check, Status, diagnose
 
     checks: list[Check] = []
     try:
@@ -265,7 +264,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         )
     else:
         checks.extend(diagnose(url, timeout=max(settings.redis_timeout, 1.0)))
-    print(f"{PROG} doctor: {redact(url)}")
+    print(f"{PROG} doctor: {redact_url(url)}")
     return _report(checks)
 
 

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import binascii
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentcaps.errors import ConfigError
+from agentcaps.caveats import check_name
+from agentcaps.errors import ConfigError, InvalidArgument
 from agentcaps.mint import DEFAULT_MAX_TTL
 from agentcaps.verify import DEFAULT_MAX_LIFETIME
 
 MEMORY_URL = "memory://"
 MASTER_KEY_BYTES = 32
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password (in the authority or a `password=` query) replaced by `***`."""
+    url = re.sub(r"^([a-z+]+://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 def parse_master_key(text: str) -> bytes:
@@ -99,11 +107,17 @@ class Settings:
     max_lifetime: int = DEFAULT_MAX_LIFETIME
     leeway: int = 0
     wait_replicas: int | None = None  # None: as many as are connected
+    # The gateway's audience name: what the service's verify and forward-auth
+    # routes match audience caveats against (None: tokens with one never pass).
+    audience: str | None = None
+    # A TOML file of forward-auth route rules (method + path -> resource, action).
+    routes_file: str | None = None
 
     def __repr__(self) -> str:
         # The master key never appears in a repr, a log line or an error.
         shown = "set" if self.master_key else "unset"
-        return f"Settings(redis_url={self.redis_url!r}, master_key={shown}, mode={self.revocation_mode!r})"
+        url = redact_url(self.redis_url) if self.redis_url else None
+        return f"Settings(redis_url={url!r}, master_key={shown}, mode={self.revocation_mode!r})"
 
     @property
     def url(self) -> str:
@@ -130,6 +144,12 @@ class Settings:
         wait_replicas = (
             None if wait_raw in ("", "auto") else _int(env, "AGENTCAPS_WAIT_REPLICAS", 0)
         )
+        audience = env.get("AGENTCAPS_AUDIENCE") or None
+        if audience is not None:
+            try:
+                check_name(audience, "AGENTCAPS_AUDIENCE")
+            except InvalidArgument as exc:
+                raise ConfigError(str(exc)) from None
         return cls(
             redis_url=env.get("AGENTCAPS_REDIS_URL") or None,
             master_key=master_key,
@@ -140,6 +160,8 @@ class Settings:
             max_lifetime=_int(env, "AGENTCAPS_MAX_LIFETIME", DEFAULT_MAX_LIFETIME, 1),
             leeway=_int(env, "AGENTCAPS_LEEWAY", 0),
             wait_replicas=wait_replicas,
+            audience=audience,
+            routes_file=env.get("AGENTCAPS_ROUTES") or None,
         )
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from agentcaps.config import redact_url
 from agentcaps.errors import StoreUnavailable
 from agentcaps.stores.redis import Layout, RedisRevocationStore, _client
 
@@ -39,21 +39,6 @@ class Check:
     status: Status
     finding: str
     fix: str = ""
-
-
-def redact(url: str) -> str:
-    """`url` with any password replaced by `***`, fit for printing."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -206,10 +191,11 @@ def check_epoch(meta: dict[str, str], has_keys: bool) -> Check:
         )
     seq = meta.get("seq", "0")
     finding = f"revocation epoch {epoch[:8]}…, sequence {seq}"
-    if meta.get("recovery") == "1":
+    if meta.get("recovery"):
+        recovered_at = int(meta["recovery"]) // 1000 if meta["recovery"].isdigit() else "?"
         finding += (
-            f"; an operator accepted a loss (recovered at unix time "
-            f"{meta.get('recovered_at', '?')}): revocations from before may be gone"
+            f"; an operator accepted a loss (recovered at unix time {recovered_at}): "
+            "revocations from before may be gone"
         )
     return Check("epoch", Status.OK, finding)
 
@@ -245,11 +231,11 @@ def diagnose(url: str, *, timeout: float = 1.0, namespace: str = "agentcaps") ->
                 Check(
                     "connection",
                     Status.FAIL,
-                    f"cannot reach Redis at {redact(url)} ({type(exc).__name__})",
+                    f"cannot reach Redis at {redact_url(url)} ({type(exc).__name__})",
                     "check the URL, that the server runs, and that this host may connect",
                 )
             ]
-        checks = [Check("connection", Status.OK, f"reached {redact(url)}")]
+        checks = [Check("connection", Status.OK, f"reached {redact_url(url)}")]
         checks.append(check_version(info))
         try:
             config = _config(client)

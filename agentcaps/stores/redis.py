@@ -14,7 +14,7 @@ and the Lua scripts below can change several of them atomically:
     <ns>:{ac}:keys:check   the master key check value
     <ns>:{ac}:rv           hash: revocation field -> value (see revocation.py)
     <ns>:{ac}:rv:expiry    zset: revocation field by expiry, for pruning
-    <ns>:{ac}:rv:meta      hash: epoch, recovery, seq
+    <ns>:{ac}:rv:meta      hash: epoch, recovery (ms, on recovery epochs), seq
     <ns>:{ac}:rv:events    stream: one event per revocation, for replicas
 
 Safety against data loss: `rv:meta` holds an epoch (made once per store) and a
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import secrets
 import threading
 import time
@@ -44,7 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from agentcaps.config import MASTER_KEY_BYTES, MEMORY_URL, Settings
+from agentcaps.config import MASTER_KEY_BYTES, MEMORY_URL, Settings, redact_url
 from agentcaps.decision import Reason
 from agentcaps.errors import (
     ConfigError,
@@ -172,11 +171,15 @@ class EpochWatch:
     """Remembers the store's epoch and sequence, and notices when either went back.
 
     Once a loss is seen it sticks: every check fails closed until the store
-    carries a recovery epoch (made by `agentcaps revocations recover`).
+    carries a recovery epoch (made by `agentcaps revocations recover`) newer
+    than any this process knew. A recovery epoch's `recovery` field is when it
+    was made, in milliseconds: so an old backup that itself carries an older
+    recovery epoch is still seen as a loss, never accepted.
     """
 
     def __init__(self) -> None:
         self.epoch: bytes | None = None
+        self.recovered = 0  # the recovery time of the epoch we follow (0: not a recovery)
         self.seq = 0
         self.lost: str | None = None
         self._lock = threading.Lock()
@@ -190,6 +193,7 @@ class EpochWatch:
         reading can lag writes that finished after it was sent, never before.
         """
         seq_now = int(seq or 0)
+        recovered = int(recovery or 0)
         with self._lock:
             if epoch is None:
                 self.lost = self.lost or (
@@ -197,9 +201,10 @@ class EpochWatch:
                     "its data, so revocations may be lost. Restore it, or run "
                     "`agentcaps revocations recover` to accept the loss"
                 )
-            elif self.epoch is None or (epoch != self.epoch and recovery == b"1"):
-                # First sight, or an operator's recovery: start from here.
+            elif self.epoch is None or (epoch != self.epoch and recovered > self.recovered):
+                # First sight, or an operator's newer recovery: start from here.
                 self.epoch, self.seq, self.lost = epoch, seq_now, None
+                self.recovered = recovered
             elif epoch != self.epoch:
                 self.lost = self.lost or (
                     "the revocation store's epoch changed: it was replaced by an empty or "
@@ -320,14 +325,24 @@ class RedisKeyStore:
         )
 
     def get(self, kid: str) -> RootKey | None:
-        """The key with this id, from the local cache when possible."""
+        """The key with this id, from the local cache when possible.
+
+        Raises:
+            StoreUnavailable: Redis did not answer, or the key does not decrypt
+                under this process's master key (verification fails closed; the
+                log says why).
+        """
         key = self._cache.get(kid)
         if key is not None:
             return key
         now = time.monotonic()
         if self._missing.get(kid, 0.0) > now:
             return None
-        key = self._load(kid)
+        try:
+            key = self._load(kid)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            raise StoreUnavailable(str(exc)) from None
         if key is None:
             if len(self._missing) > 10_000:
                 self._missing.clear()
@@ -511,14 +526,14 @@ class RedisRevocationStore:
         whose tokens must not come back.
         """
         epoch = secrets.token_hex(16)
+        # Later than every recovery this process knows of, even if the clock
+        # went back, so that verifiers order recoveries correctly.
+        recovered = max(int(self._clock() * 1000), self.watch.recovered + 1)
         try:
-            self._client.hset(
-                self._layout.rv_meta,
-                mapping={"epoch": epoch, "recovery": "1", "recovered_at": int(self._clock())},
-            )
+            self._client.hset(self._layout.rv_meta, mapping={"epoch": epoch, "recovery": recovered})
         except redis.RedisError as exc:
             raise _unavailable(exc) from None
-        self.watch.observe(epoch.encode(), b"1", None, 0)
+        self.watch.observe(epoch.encode(), str(recovered).encode(), None, 0)
         return epoch
 
     def observe(
@@ -883,9 +898,7 @@ class Stores:
 
     def __repr__(self) -> str:
         # A store URL may carry a password: say where, never how.
-        return (
-            f"Stores(url={_without_password(self.url)!r}, mode={self.settings.revocation_mode!r})"
-        )
+        return f"Stores(url={redact_url(self.url)!r}, mode={self.settings.revocation_mode!r})"
 
     @property
     def memory(self) -> bool:
@@ -915,12 +928,6 @@ class Stores:
         for closer in reversed(self._closers):
             closer()
         self._closers.clear()
-
-
-def _without_password(url: str) -> str:
-    """`url` with any password (in the authority or the query) replaced by `***`."""
-    url = re.sub(r"^([a-z]+://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _client(url: str, timeout: float, *, read_timeout: float | None = None) -> redis.Redis:

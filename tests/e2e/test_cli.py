@@ -379,4 +379,4 @@ def test_revocations_recover_starts_a_recovery_epoch_and_says_what_it_means(
     client = redis.Redis.from_url(redis_server.url)
     meta = client.hgetall(Layout().rv_meta)
     client.close()
-    assert meta[b"recovery"] == b"1" and meta[b"epoch"]
+    assert int(meta[b"recovery"]) > 0 and meta[b"epoch"]

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import redis
 
+from agentcaps.config import redact_url
 from agentcaps.stores.doctor import (
     Status,
     check_epoch,
     check_persistence,
     check_replication,
     check_version,
-    redact,
 )
 from agentcaps.stores.redis import Layout
 from tests.conftest import RedisServer, real_stores
@@ -149,5 +149,5 @@ def test_replication_and_version_judgements() -> None:
 
 def test_redact_hides_only_the_password() -> None:
     """URLs are printed with the password replaced and everything else kept."""
-    assert redact("redis://u:pw@h:6379/0") == "redis://u:***@h:6379/0"
-    assert redact("redis://h:6379/0") == "redis://h:6379/0"
+    assert redact_url("redis://u:pw@h:6379/0") == "redis://u:***@h:6379/0"
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"

@@ -192,6 +192,33 @@ def test_lost_revocation_state_fails_closed_until_an_operator_recovers(
     scene.healthy()
 
 
+def test_a_restore_carrying_an_older_recovery_epoch_still_fails_closed(
+    redis_backend: RedisBackend, mode: str
+) -> None:
+    """A store rolled back to an earlier operator recovery is a loss, not a recovery to accept."""
+    scene = Scene(redis_backend, mode)
+    scene.admin.store.recover()  # an earlier incident, long resolved
+    old = redis_backend.raw.hgetall(LAYOUT.rv_meta)
+    scene.clock.advance(60)
+    latest = scene.admin.store.recover().encode()  # a later one
+    eventually(
+        lambda: (
+            scene.decide(scene.good) is Reason.OK and scene.verifier.store.watch.epoch == latest
+        ),
+        what="the verifier follows the later recovery epoch",
+    )
+
+    # Redis comes back from a backup taken between the two recoveries.
+    redis_backend.raw.hset(LAYOUT.rv_meta, mapping=old)
+    scene.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, STALENESS + SLACK)
+    scene.stays_closed(STALENESS + 0.2)
+
+    scene.clock.advance(60)
+    scene.admin.store.recover()
+    scene.poll_until_good_is(Reason.OK, RECOVERY)
+    scene.healthy()
+
+
 def test_a_revocation_survives_a_kill_and_restart_with_aof(
     durable_backend: RedisBackend, mode: str
 ) -> None:

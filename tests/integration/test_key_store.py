@@ -7,10 +7,19 @@ import json
 import pytest
 
 from agentcaps import ConfigError, InvalidArgument, KeyState, Reason, attenuate
-from agentcaps.errors import UnknownKey
+from agentcaps.errors import StoreUnavailable, UnknownKey
 from agentcaps.stores.redis import Stores
 from tests.conftest import MASTER_KEY
-from tests.integration.harness import LAYOUT, Backend, MemoryBackend, RedisBackend, mint, reason
+from tests.integration.harness import (
+    LAYOUT,
+    REQUEST,
+    SCOPE,
+    Backend,
+    MemoryBackend,
+    RedisBackend,
+    mint,
+    reason,
+)
 
 OTHER_MASTER_KEY = bytes(range(100, 132))
 
@@ -145,13 +154,16 @@ class KeyStoreContract:
     def test_another_master_key_is_refused_with_config_error(
         self, backend: Backend, stores: Stores
     ) -> None:
-        """A process with a different master key cannot check, read or mint with this store's keys."""
+        """A process with a different master key cannot check, read or mint with this store's keys; its verifier fails closed."""
         key = stores.keys.signing_key("acme")
+        token = stores.minter().mint(customer="acme", user="u", agent="a", ttl=60, **SCOPE)
         impostor = backend.open(master_key=OTHER_MASTER_KEY)
         with pytest.raises(ConfigError):
             impostor.keys.check_master_key()
-        with pytest.raises(ConfigError):
+        with pytest.raises(StoreUnavailable):
             impostor.keys.get(key.kid)
+        decision = impostor.verifier().verify(token, **REQUEST)
+        assert decision.reason is Reason.REVOCATION_UNAVAILABLE
         with pytest.raises(ConfigError):
             impostor.keys.signing_key("globex")
         assert backend.open().keys.get(key.kid) == key
