@@ -154,38 +154,36 @@ def register(cls: type[Caveat]) -> type[Caveat]:
     return cls
 
 
+@dataclass(frozen=True, slots=True)
+class _Instant(Caveat):
+    """A caveat whose value is one moment, in unix seconds."""
+
+    at: int
+
+    def wire_value(self) -> object:
+        return self.at
+
+    @classmethod
+    def from_wire(cls, value: object) -> Caveat:
+        return cls(_unix_time(value))
+
+
 @register
 @dataclass(frozen=True, slots=True)
-class Expires(Caveat):
+class Expires(_Instant):
     """The token is valid only before `at` (unix seconds)."""
 
     code: ClassVar[int] = 1
     name: ClassVar[str] = "expires"
-    at: int
-
-    def wire_value(self) -> object:
-        return self.at
-
-    @classmethod
-    def from_wire(cls, value: object) -> Caveat:
-        return cls(_unix_time(value))
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class NotBefore(Caveat):
+class NotBefore(_Instant):
     """The token is valid only from `at` (unix seconds) on."""
 
     code: ClassVar[int] = 2
     name: ClassVar[str] = "not_before"
-    at: int
-
-    def wire_value(self) -> object:
-        return self.at
-
-    @classmethod
-    def from_wire(cls, value: object) -> Caveat:
-        return cls(_unix_time(value))
 
 
 @register

@@ -374,9 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         return child(args.interval, args.give_up)
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from redis_server import RedisServer
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [here, os.path.dirname(here)]  # bench/ and the repository (tests.servers)
     from timing import machine, write_results
+
+    from tests.servers import RedisServer
 
     modes = args.modes.split(",")
     if not modes or any(m not in ("replica", "direct") for m in modes):
