@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeGuard
 
 from agentcaps import wire
 from agentcaps.errors import InvalidArgument
@@ -30,15 +30,20 @@ class WrongShape(Exception):
     """A caveat value that does not fit its type; decoding turns it into UnknownCaveat."""
 
 
+def is_name(value: object) -> TypeGuard[str]:
+    """True for a valid name: a str of 1-256 printable characters, no surrounding space."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_NAME_CHARS
+        and value.isprintable()
+        and value[0] != " "
+        and value[-1] != " "
+    )
+
+
 def check_name(value: object, what: str) -> str:
     """Return `value` if it is a valid name, else raise InvalidArgument."""
-    if (
-        type(value) is not str
-        or not 0 < len(value) <= MAX_NAME_CHARS
-        or not value.isprintable()
-        or value[0] == " "
-        or value[-1] == " "
-    ):
+    if not is_name(value):
         raise InvalidArgument(f"{what} must be 1-{MAX_NAME_CHARS} printable characters")
     return value
 
@@ -106,10 +111,9 @@ def _str_list(value: object) -> tuple[str, ...]:
 
 
 def _str(value: object) -> str:
-    try:
-        return check_name(value, "value")
-    except InvalidArgument:
-        raise WrongShape from None
+    if not is_name(value):
+        raise WrongShape
+    return value
 
 
 def _unix_time(value: object) -> int:

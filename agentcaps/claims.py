@@ -122,7 +122,7 @@ def summarize(caveats: Sequence[cv.Caveat]) -> Claims:
         else:
             problems.append(Reason.UNKNOWN_CAVEAT)
 
-    if any(len(chain) - seen > limit for limit, seen in limits):
+    if limits and any(len(chain) - seen > limit for limit, seen in limits):
         problems.append(Reason.DELEGATION_LIMIT)
     if principal is None or agent is None or expires_at is None:
         problems.append(Reason.MALFORMED)
@@ -131,17 +131,17 @@ def summarize(caveats: Sequence[cv.Caveat]) -> Claims:
         problems.append(Reason.MALFORMED)
 
     return Claims(
-        problem=min(problems, key=_PROBLEM_RANK.__getitem__) if problems else None,
-        customer=principal.customer if principal else None,
-        user=principal.user if principal else None,
-        chain=((agent,) if agent else ()) + tuple(chain),
-        delegation_ids=tuple(delegation_ids),
-        expires_at=expires_at,
-        not_before=not_before,
-        resources=tuple(resources),
-        actions=actions,
-        purposes=purposes,
-        audiences=audiences,
+        min(problems, key=_PROBLEM_RANK.__getitem__) if problems else None,
+        principal.customer if principal else None,
+        principal.user if principal else None,
+        ((agent,) if agent else ()) + tuple(chain),
+        tuple(delegation_ids),
+        expires_at,
+        not_before,
+        tuple(resources),
+        actions,
+        purposes,
+        audiences,
     )
 
 

@@ -206,16 +206,17 @@ class Verifier:
 def _decision(unverified: UnverifiedToken, claims: Claims, reason: Reason | None) -> Decision:
     """The Decision for an authentic token, with its provenance."""
     ident = unverified.identifier
+    # Positional: this runs on every verification, and keywords cost more.
     return Decision(
-        allowed=reason is None,
-        reason=reason or Reason.OK,
-        token_id=ident.tid.hex(),
-        key_id=ident.kid,
-        customer=claims.customer,
-        user=claims.user,
-        chain=claims.chain,
-        delegation_ids=tuple(d.hex() for d in claims.delegation_ids),
-        purposes=sorted_names(claims.purposes),
-        expires_at=claims.expires_at,
-        issued_at=ident.iat,
+        reason is None,
+        reason or Reason.OK,
+        ident.tid.hex(),
+        ident.kid,
+        claims.customer,
+        claims.user,
+        claims.chain,
+        tuple([d.hex() for d in claims.delegation_ids]),
+        sorted_names(claims.purposes),
+        claims.expires_at,
+        ident.iat,
     )
