@@ -13,7 +13,7 @@ from agentcaps.config import Settings
 from agentcaps.stores.redis import Stores
 from tests.servers import RedisServer, ServerMissing
 
-__all__ = ["MASTER_KEY", "FakeClock", "RedisServer", "real_stores"]
+__all__ = ["MASTER_KEY", "SCOPE", "FakeClock", "RedisServer", "real_stores"]
 
 MASTER_KEY = bytes(range(32))
 
@@ -42,6 +42,30 @@ def memory_stores(clock: FakeClock) -> Iterator[Stores]:
     stores = agentcaps.connect("memory://", settings=Settings(master_key=MASTER_KEY), clock=clock)
     yield stores
     stores.close()
+
+
+# A mint request that the usual request below is allowed under.
+SCOPE: dict[str, object] = {
+    "customer": "acme",
+    "user": "alice",
+    "agent": "planner",
+    "resources": ["crm/**"],
+    "actions": ["read", "write"],
+    "purposes": ["sync"],
+    "ttl": 600,
+}
+
+
+@pytest.fixture
+def minter(memory_stores: Stores, clock: FakeClock) -> agentcaps.Minter:
+    """A Minter on the embedded stores and the test clock."""
+    return memory_stores.minter(clock=clock)
+
+
+@pytest.fixture
+def verifier(memory_stores: Stores, clock: FakeClock) -> agentcaps.Verifier:
+    """A Verifier on the embedded stores and the test clock (no audience)."""
+    return memory_stores.verifier(clock=clock)
 
 
 def new_redis_server(directory: Path, **options: object) -> RedisServer:

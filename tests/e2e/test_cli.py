@@ -18,7 +18,7 @@ import redis
 import agentcaps
 from agentcaps.config import Settings, parse_master_key
 from agentcaps.stores.redis import Layout, Stores
-from tests.conftest import MASTER_KEY, RedisServer
+from tests.conftest import MASTER_KEY, SCOPE, RedisServer
 
 MASTER_KEY_HEX = MASTER_KEY.hex()
 
@@ -63,16 +63,7 @@ def stores() -> Iterator[Stores]:
 
 
 def mint(stores: Stores, **overrides: object) -> str:
-    options: dict[str, object] = {
-        "customer": "acme",
-        "user": "alice",
-        "agent": "planner",
-        "resources": ["crm/**"],
-        "actions": ["read", "write"],
-        "purposes": ["sync"],
-        "ttl": 600,
-    }
-    options.update(overrides)
+    options = {**SCOPE, **overrides}
     return stores.minter().mint(**options)  # type: ignore[arg-type]
 
 

@@ -14,17 +14,9 @@ import agentcaps
 from agentcaps import caveats as cv
 from agentcaps import signature, wire
 from agentcaps.decision import Reason
+from tests.conftest import SCOPE
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None, max_examples=100)
-SCOPE = {
-    "customer": "acme",
-    "user": "alice",
-    "agent": "planner",
-    "resources": ["crm/**"],
-    "actions": ["read", "write"],
-    "purposes": ["sync"],
-    "ttl": 600,
-}
 
 
 @pytest.fixture
@@ -35,11 +27,6 @@ def minted(memory_stores, clock):
 @pytest.fixture
 def root_key(memory_stores, minted):
     return memory_stores.keys.get(minted.key_id).secret
-
-
-@pytest.fixture
-def verifier(memory_stores, clock):
-    return memory_stores.verifier(clock=clock)
 
 
 def to_pymacaroons(token: str) -> Macaroon:

@@ -12,27 +12,9 @@ from agentcaps import signature, wire
 from agentcaps.claims import decode_unverified
 from agentcaps.errors import InvalidArgument, MalformedToken, TokenTooLarge
 from agentcaps.keys import KeyState, RootKey
+from tests.conftest import SCOPE
 
 NOW = 1_800_000_000
-SCOPE = {
-    "customer": "acme",
-    "user": "alice",
-    "agent": "planner",
-    "resources": ["crm/**"],
-    "actions": ["read", "write"],
-    "purposes": ["sync"],
-    "ttl": 600,
-}
-
-
-@pytest.fixture
-def minter(memory_stores, clock):
-    return memory_stores.minter(clock=clock)
-
-
-@pytest.fixture
-def verifier(memory_stores, clock):
-    return memory_stores.verifier(clock=clock)
 
 
 @pytest.fixture

@@ -48,16 +48,6 @@ class UnreachableKeys:
 
 
 @pytest.fixture
-def minter(memory_stores, clock):
-    return memory_stores.minter(clock=clock)
-
-
-@pytest.fixture
-def verifier(memory_stores, clock):
-    return memory_stores.verifier(clock=clock)
-
-
-@pytest.fixture
 def minted(minter):
     return minter.issue(**SCOPE)
 
