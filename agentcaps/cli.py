@@ -1,15 +1,18 @@
 """The `agentcaps` command: a thin shell over the library, for operators and agents.
 
 Offline commands (inspect, attenuate, master-key, demo) need no store. Store
-commands (keys, mint, verify, revoke, revocations) open the store named by
-`--redis`, else AGENTCAPS_REDIS_URL, else memory:// (which keeps nothing).
-Results go to stdout as JSON or a bare token; errors are one line on stderr.
+commands (keys, mint, verify, revoke, revocations, admin-token) open the store
+named by `--redis`, else AGENTCAPS_REDIS_URL, else memory:// (which keeps
+nothing); mint, verify and revoke go through a running service instead with
+`--url`. `serve` runs the service. Results go to stdout as JSON or a bare
+token; errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import json
 import math
@@ -19,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import agentcaps
 from agentcaps.config import MEMORY_URL, Settings, new_master_key_text, redact_url
@@ -31,9 +34,11 @@ from agentcaps.errors import (
     RevocationStateLost,
     StoreUnavailable,
 )
+from agentcaps.mint import Minter
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 
 if TYPE_CHECKING:
+    from agentcaps.client import ServiceClient
     from agentcaps.stores.doctor import Check
     from agentcaps.stores.redis import Stores
 
@@ -48,8 +53,13 @@ exit status: 0 success (verify: allowed), 1 failure (verify: denied),
 Store commands use --redis URL, else AGENTCAPS_REDIS_URL, else memory://
 (in-process: nothing persists). A real Redis needs AGENTCAPS_MASTER_KEY
 (see `agentcaps master-key`). A TOKEN of - is read from stdin, which keeps it
-out of the process list.
+out of the process list. With --url, mint and revoke send the admin or issuer
+token of AGENTCAPS_TOKEN (or --token-file) to the service.
 """
+
+# A bootstrap admin token on memory:// lives as long as the process could.
+_BOOTSTRAP_TTL = 24 * 3600
+_DEFAULT_PORT = 8080
 
 
 class UsageError(Exception):
@@ -95,6 +105,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return value
 
 
@@ -180,16 +200,46 @@ def _open_stores(args: argparse.Namespace) -> Iterator[Stores]:
 def _store_command(
     handler: Callable[[argparse.Namespace, Stores], int | None],
     check: Callable[[argparse.Namespace], None] | None = None,
+    *,
+    remote: Callable[[argparse.Namespace, ServiceClient], int | None] | None = None,
 ) -> Callable[[argparse.Namespace], int | None]:
-    """`handler` run with the stores open; `check` vets the arguments before connecting."""
+    """`handler` run with the stores open; `check` vets the arguments before connecting.
+
+    With `remote`, `--url` runs that instead, through the service.
+    """
 
     def run(args: argparse.Namespace) -> int | None:
         if check is not None:
             check(args)
+        if remote is not None and args.url is not None:
+            if args.redis is not None:
+                raise UsageError("give --url (the service) or --redis (the store), not both")
+            from agentcaps.client import ServiceClient
+
+            with ServiceClient(args.url, _credential(args)) as client:
+                return remote(args, client)
         with _open_stores(args) as stores:
             return handler(args, stores)
 
     return run
+
+
+def _credential(args: argparse.Namespace) -> str | None:
+    """The bearer token for --url: --token-file, else AGENTCAPS_TOKEN, else none."""
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, "rb") as f:
+                data = f.read(_MAX_STDIN_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.token_file}: {exc.strerror}") from None
+        try:
+            token = data.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise InvalidToken(f"{args.token_file} does not hold a token") from None
+        if not token or len(data) > _MAX_STDIN_BYTES:
+            raise InvalidToken(f"{args.token_file} does not hold a token")
+        return token
+    return os.environ.get("AGENTCAPS_TOKEN") or None
 
 
 # -- offline commands ----------------------------------------------------------
@@ -330,6 +380,25 @@ def cmd_mint(args: argparse.Namespace, stores: Stores) -> None:
         print(minted.token)
 
 
+def remote_mint(args: argparse.Namespace, client: ServiceClient) -> None:
+    minted = client.mint(
+        customer=args.customer,
+        user=args.user,
+        agent=args.agent,
+        resources=args.resource,
+        actions=args.action,
+        purposes=args.purpose,
+        ttl=args.ttl,
+        audience=args.audience,
+        max_delegations=args.max_delegations,
+        not_before=args.not_before,
+    )
+    if args.json:
+        _print_json(minted)
+    else:
+        print(minted["token"])
+
+
 def cmd_verify(args: argparse.Namespace, stores: Stores) -> int:
     token = _read_token(args.token)
     decision = stores.verifier(audience=args.audience).verify(
@@ -337,6 +406,20 @@ def cmd_verify(args: argparse.Namespace, stores: Stores) -> int:
     )
     _print_json(decision.to_dict())
     return 0 if decision.allowed else 1
+
+
+def remote_verify(args: argparse.Namespace, client: ServiceClient) -> int:
+    if args.audience is not None:
+        raise UsageError("--audience is for local verification; the service has its own")
+    decision = client.verify(
+        _read_token(args.token),
+        resource=args.resource,
+        action=args.action,
+        purpose=args.purpose,
+        actor=args.actor,
+    )
+    _print_json(decision)
+    return 0 if decision.get("allowed") is True else 1
 
 
 def check_revoke(args: argparse.Namespace) -> None:
@@ -381,6 +464,23 @@ def cmd_revoke(args: argparse.Namespace, stores: Stores) -> None:
     _print_json(stores.revocations.revoke(revocation).to_dict())
 
 
+def remote_revoke(args: argparse.Namespace, client: ServiceClient) -> None:
+    fields: dict[str, Any] = {"reason": args.reason or None}
+    if args.token is not None:
+        # With no credential, the token revokes itself.
+        _print_json(client.revoke(token=_read_token(args.token), **fields))
+        return
+    fields.update(
+        token_id=args.token_id and args.token_id.strip().lower(),
+        delegation_id=args.delegation_id and args.delegation_id.strip().lower(),
+        key_id=args.key,
+        customer=args.customer,
+        user=args.user,
+        agent=args.agent,
+    )
+    _print_json(client.revoke(**fields))
+
+
 def cmd_revocations_list(args: argparse.Namespace, stores: Stores) -> None:
     _print_json([r.to_dict() for r in stores.store.list()])
 
@@ -395,6 +495,121 @@ def cmd_revocations_recover(args: argparse.Namespace, stores: Stores) -> None:
         "Rotate (`agentcaps keys rotate KID`) or revoke (`agentcaps keys revoke KID`) the root "
         "keys whose tokens must not come back, and revoke again what you know was revoked."
     )
+
+
+# -- the service ---------------------------------------------------------------
+
+
+def _log_config() -> dict[str, object]:
+    """uvicorn's logging, plus the service's own access log (uvicorn's is off: it logs queries)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["agentcaps"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
+
+
+def _banner(lines: Sequence[str]) -> None:
+    width = max(len(line) for line in lines)
+    rule = "!" * (width + 4)
+    print(rule, file=sys.stderr)
+    for line in lines:
+        print(f"! {line:<{width}} !", file=sys.stderr)
+    print(rule, file=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agentcaps.http.app import create_app, open_stores
+    from agentcaps.http.rules import Rules
+    from agentcaps.service_tokens import mint_admin_token
+
+    settings = Settings.from_env()
+    if settings.routes_file:
+        Rules.load(settings.routes_file)  # a bad rules file stops us here, not in a worker
+
+    def run(app: object, **extra: Any) -> None:
+        uvicorn.run(
+            app,  # type: ignore[arg-type]  # an ASGI app, or an import string with factory=True
+            host=args.host,
+            port=args.port,
+            access_log=False,  # it would log query strings; the app logs each request itself
+            log_config=_log_config(),
+            server_header=False,
+            **extra,
+        )
+
+    if settings.url == MEMORY_URL:
+        if args.workers > 1:
+            raise UsageError(
+                "--workers above 1 needs AGENTCAPS_REDIS_URL: on memory:// each worker would "
+                "have its own keys and revocations, and tokens minted by one would fail at another"
+            )
+        stores = open_stores(settings)
+        try:
+            admin = mint_admin_token(
+                Minter(stores.keys, max_ttl=settings.max_lifetime),
+                ttl=min(_BOOTSTRAP_TTL, settings.max_lifetime),
+            )
+            _banner(
+                [
+                    "agentcaps is serving on memory:// (the embedded default): NOTHING PERSISTS.",
+                    "Keys, tokens and revocations live in this process and die with it.",
+                    "For a real deployment set AGENTCAPS_REDIS_URL and AGENTCAPS_MASTER_KEY.",
+                ]
+            )
+            expires = (
+                datetime.fromtimestamp(admin.expires_at).astimezone().isoformat(timespec="minutes")
+            )
+            print(
+                f"{PROG}: bootstrap admin token (valid in this process only, until {expires}):",
+                file=sys.stderr,
+            )
+            print(admin.token, file=sys.stderr, flush=True)
+            run(create_app(settings, stores))
+        finally:
+            stores.close()
+        return 0
+    # A real deployment: a wrong master key or an unreachable Redis stops us before we listen.
+    try:
+        open_stores(dataclasses.replace(settings, revocation_mode="direct")).close()
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"{exc} at {redact_url(settings.url)}") from None
+    print(
+        f"{PROG}: serving {redact_url(settings.url)} on http://{args.host}:{args.port}",
+        file=sys.stderr,
+    )
+    if args.workers > 1:
+        # Each worker builds its own app (and its own connections) from the environment.
+        run("agentcaps.http.app:create_app", factory=True, workers=args.workers)
+    else:
+        run(create_app(settings))
+    return 0
+
+
+def check_admin_token(args: argparse.Namespace) -> None:
+    if (args.redis or Settings.from_env().url) == MEMORY_URL:
+        raise ConfigError(
+            "admin-token needs the deployment's store (AGENTCAPS_REDIS_URL and "
+            "AGENTCAPS_MASTER_KEY): a token signed on memory:// is valid nowhere else. "
+            "`agentcaps serve` on memory:// prints a bootstrap admin token itself"
+        )
+
+
+def cmd_admin_token(args: argparse.Namespace, stores: Stores) -> None:
+    from agentcaps.service_tokens import mint_admin_token
+
+    minted = mint_admin_token(
+        Minter(stores.keys, max_ttl=stores.settings.max_lifetime), ttl=args.ttl, name=args.name
+    )
+    print(minted.token)
 
 
 # -- the parser ----------------------------------------------------------------
@@ -418,6 +633,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: AGENTCAPS_REDIS_URL, else memory://)",
     )
     token_help = "the token, or - to read it from stdin"
+
+    service = _Parser(add_help=False)
+    service.add_argument(
+        "--url",
+        metavar="URL",
+        help="go through the agentcaps service at URL (e.g. http://127.0.0.1:8080) "
+        "instead of the store",
+    )
+    service.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="with --url: a file holding the admin or issuer token to send "
+        "(default: AGENTCAPS_TOKEN)",
+    )
 
     def command(
         group: argparse._SubParsersAction[_Parser],
@@ -539,8 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "mint",
         "mint a token for an agent acting for a user",
-        _store_command(cmd_mint),
-        parents=[store],
+        _store_command(cmd_mint, remote=remote_mint),
+        parents=[store, service],
     )
     p.add_argument("--customer", required=True, metavar="C", help="the customer (tenant)")
     p.add_argument("--user", required=True, metavar="U", help="the user the agent acts for")
@@ -585,8 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "verify",
         "decide a request against a token; exit 0 only when allowed",
-        _store_command(cmd_verify),
-        parents=[store],
+        _store_command(cmd_verify, remote=remote_verify),
+        parents=[store, service],
     )
     p.add_argument("token", metavar="TOKEN", help=token_help)
     p.add_argument("--resource", required=True, metavar="RESOURCE")
@@ -601,8 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "revoke",
         "revoke tokens; prints the stored revocation",
-        _store_command(cmd_revoke, check_revoke),
-        parents=[store],
+        _store_command(cmd_revoke, check_revoke, remote=remote_revoke),
+        parents=[store, service],
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
@@ -625,6 +854,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--user", metavar="U", help="with --customer: only this user's tokens")
     p.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit trail")
+
+    p = command(
+        commands,
+        "serve",
+        "run the agentcaps service (HTTP API, forward-auth); on memory:// without "
+        "AGENTCAPS_REDIS_URL, printing a bootstrap admin token",
+        cmd_serve,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_port, default=_DEFAULT_PORT, help=f"port (default {_DEFAULT_PORT})"
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes (default 1; more need a real Redis)",
+    )
+
+    p = command(
+        commands,
+        "admin-token",
+        "print an admin token for the deployment of AGENTCAPS_REDIS_URL (needs the master key)",
+        _store_command(cmd_admin_token, check_admin_token),
+        parents=[store],
+    )
+    p.add_argument(
+        "--ttl",
+        type=_positive_int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime (default 3600; at most AGENTCAPS_MAX_LIFETIME)",
+    )
+    p.add_argument(
+        "--name", default="admin", metavar="NAME", help="who the admin is (default admin)"
+    )
 
     revocations = command(
         commands, "revocations", "list revocations, or recover after a loss", _missing_subcommand

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentcaps.decision import Reason
+from agentcaps.decision import Decision, Reason
 
 
 class AgentCapsError(Exception):
@@ -36,6 +36,25 @@ class TokenTooLarge(InvalidToken):
     reason = Reason.TOO_LARGE
 
 
+class NotAuthenticated(AgentCapsError):
+    """No token was presented, or one that cannot be accepted whatever it is used for.
+
+    `reason` says why (e.g. `expired`, `bad_signature`); None when there was no token.
+    """
+
+    def __init__(self, detail: str, reason: Reason | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class NotAllowed(AgentCapsError):
+    """An acceptable token that does not allow this request; `reason` says which check refused."""
+
+    def __init__(self, detail: str, reason: Reason) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class ConfigError(AgentCapsError):
     """Settings are missing or contradict each other; the process should not start."""
 
@@ -57,3 +76,38 @@ class RevocationStateLost(StoreUnavailable):
 
 class NothingPersistsWarning(UserWarning):
     """The stores run on memory://: keys and revocations die with the process."""
+
+
+# Reasons that condemn the token itself, whatever the request: the caller must
+# present another one. The other denials judge this request only.
+TOKEN_REJECTED = frozenset(
+    {
+        Reason.MALFORMED,
+        Reason.TOO_LARGE,
+        Reason.UNKNOWN_KEY,
+        Reason.KEY_REVOKED,
+        Reason.BAD_SIGNATURE,
+        Reason.EXPIRED,
+        Reason.NOT_YET_VALID,
+        Reason.PRINCIPAL_CONFLICT,
+        Reason.DELEGATION_LIMIT,
+        Reason.UNKNOWN_CAVEAT,
+        Reason.DISCHARGE_MISSING,
+        Reason.REVOKED,
+    }
+)
+
+
+def refusal(decision: Decision) -> AgentCapsError:
+    """The error a denied decision means to whoever asked.
+
+    NotAuthenticated when the token itself is unacceptable (forged, expired,
+    revoked, ...), StoreUnavailable when revocation state is unknown, else
+    NotAllowed: a good token that does not cover this request.
+    """
+    reason = decision.reason
+    if reason is Reason.REVOCATION_UNAVAILABLE:
+        return StoreUnavailable("revocation state is unknown right now; failing closed")
+    if reason in TOKEN_REJECTED:
+        return NotAuthenticated(f"the token is not acceptable ({reason})", reason)
+    return NotAllowed(f"the token does not allow this request ({reason})", reason)

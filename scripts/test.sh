@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (as root, redis-server from Debian's packages; the dev extras from PyPI),
-# then runs pytest. The tests start and stop their own redis-server processes.
-# Extra arguments go to pytest.
+# (as root, from Debian's packages: redis-server, nginx for the forward-auth
+# tests, curl and jq for the README's quick start; the dev extras from PyPI),
+# then runs pytest. The tests start and stop their own redis-server, nginx
+# and agentcaps processes. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# nginx lives in /usr/sbin, which a non-root PATH may lack.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq

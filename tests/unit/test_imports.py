@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-FORBIDDEN = ("redis", "fakeredis", "starlette", "cryptography")
+FORBIDDEN = ("redis", "fakeredis", "starlette", "cryptography", "httpx", "pydantic", "uvicorn")
 
 _PROBE = """
 import json, sys
@@ -22,8 +22,8 @@ def modules_after_importing_agentcaps() -> list[str]:
     return json.loads(out.stdout)
 
 
-def test_import_agentcaps_does_not_import_redis_fakeredis_starlette_or_cryptography():
-    """A fresh `import agentcaps` loads none of redis, fakeredis, starlette, cryptography."""
+def test_import_agentcaps_does_not_import_store_web_or_crypto_libraries():
+    """A fresh `import agentcaps` loads no store, web, HTTP client, validation or crypto library."""
     modules = modules_after_importing_agentcaps()
     assert "agentcaps" in modules
     loaded = sorted(m for m in modules if m.split(".")[0] in FORBIDDEN)

@@ -1,0 +1,94 @@
+"""What every request to the service passes through, outermost: refusals, headers, one log line.
+
+- A token in a query string is refused (400) before any route reads it: URLs
+  end up in proxies' and browsers' logs and histories.
+- Every response says `Cache-Control: no-store`.
+- One access line per request, with the path but never the query string, and
+  anything in the path that looks like a token masked. (uvicorn's own access
+  log is off: it would print query strings.)
+- The last line of defence: an exception no handler took becomes a JSON 500
+  whose log line names its class and place, never its message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from urllib.parse import parse_qsl, unquote_plus
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentcaps.http.errors import TokenInQuery, error_response, log_internal
+
+log = logging.getLogger("agentcaps.http.access")
+
+_TOKEN_TEXT = re.compile(r"agc_[A-Za-z0-9_\-]*")
+_TOKEN_PARAMS = frozenset({"token", "access_token", "bearer", "authorization"})
+
+
+def token_in_query(query: bytes) -> bool:
+    """True when a query string carries what looks like a token, or a token parameter."""
+    if not query:
+        return False
+    text = query.decode("latin-1")
+    if "agc_" in unquote_plus(text):
+        return True
+    names = (name.lower() for name, _ in parse_qsl(text, keep_blank_values=True))
+    return any(name in _TOKEN_PARAMS for name in names)
+
+
+def mask_tokens(text: str) -> str:
+    """`text` for a log line: token-shaped parts masked, control characters escaped."""
+    masked = _TOKEN_TEXT.sub("agc_...", text)
+    return masked if masked.isprintable() else masked.encode("unicode_escape").decode("ascii")
+
+
+class AccessMiddleware:
+    """Refuses tokens in query strings, sets no-store, logs each request without its query."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        try:
+            if token_in_query(scope.get("query_string", b"")):
+                refusal = TokenInQuery(
+                    "never put a token in a URL: send it as Authorization: Bearer, or in the body"
+                )
+                await error_response(refusal)(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback out
+            log_internal(exc)
+            if status == 0:
+                await error_response(exc)(scope, receive, send_with_headers)
+            else:  # the response had started: nothing sensible can follow
+                status = 500
+        finally:
+            client = scope.get("client")
+            where = f"{client[0]}:{client[1]}" if client else "-"
+            log.info(
+                '%s - "%s %s" %d %.1fms',
+                where,
+                scope["method"],
+                mask_tokens(scope["path"]),
+                status,
+                (time.perf_counter() - started) * 1000,
+            )

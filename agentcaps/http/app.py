@@ -1,0 +1,113 @@
+"""`create_app`: the agentcaps service as one Starlette app (run it with uvicorn).
+
+uvicorn --factory agentcaps.http.app:create_app      # or: agentcaps serve
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+import agentcaps
+from agentcaps.config import Settings
+from agentcaps.errors import NothingPersistsWarning
+from agentcaps.http import forward_auth, health, keys, openapi, revocations, tokens
+from agentcaps.http.access import AccessMiddleware
+from agentcaps.http.endpoint import Endpoint
+from agentcaps.http.errors import EXCEPTION_HANDLERS
+from agentcaps.http.rules import Rules
+from agentcaps.http.service import Service
+from agentcaps.stores.redis import Stores
+
+Clock = Callable[[], float]
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    *tokens.ENDPOINTS,
+    *revocations.ENDPOINTS,
+    *keys.ENDPOINTS,
+    *forward_auth.ENDPOINTS,
+    *health.ENDPOINTS,
+    openapi.ENDPOINT,
+)
+
+
+def _version() -> str:
+    try:
+        return version("agentcaps")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+def open_stores(settings: Settings, *, clock: Clock = time.time) -> Stores:
+    """The deployment's stores, checked: a wrong master key or a lost store refuses to start.
+
+    Raises:
+        ConfigError: a bad URL, no master key for a real Redis, or the wrong one.
+        StoreUnavailable: Redis does not answer.
+    """
+    with warnings.catch_warnings():
+        # The CLI says it louder; a library user gets the NothingPersistsWarning of connect.
+        warnings.simplefilter("ignore", NothingPersistsWarning)
+        stores = agentcaps.connect(settings=settings, clock=clock)
+    try:
+        stores.keys.check_master_key()
+        stores.store.ensure_epoch()
+    except BaseException:
+        stores.close()
+        raise
+    return stores
+
+
+def create_app(
+    settings: Settings | None = None,
+    stores: Stores | None = None,
+    clock: Clock = time.time,
+    *,
+    rules: Rules | None = None,
+) -> Starlette:
+    """The agentcaps service.
+
+    Args:
+        settings: the deployment's settings (default: `stores.settings`, else
+            read from the environment).
+        stores: the stores to serve (default: opened from `settings`, checked,
+            and closed when the app shuts down).
+        clock: unix time, for minting, verification and revocation times.
+        rules: forward-auth route rules (default: AGENTCAPS_ROUTES, else the
+            path is the resource).
+
+    Raises:
+        ConfigError, StoreUnavailable: the stores cannot be opened safely.
+    """
+    if settings is None:
+        settings = stores.settings if stores is not None else Settings.from_env()
+    owned = stores is None
+    if stores is None:
+        stores = open_stores(settings, clock=clock)
+    if rules is None:
+        rules = Rules.load(settings.routes_file) if settings.routes_file else Rules()
+    service = Service.build(settings, stores, clock=clock, rules=rules)
+    document = openapi.build(ENDPOINTS, version=_version())
+    routes = [e.route() for e in ENDPOINTS]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if owned:
+            service.stores.close()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(AccessMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.openapi = document
+    return app

@@ -1,0 +1,115 @@
+"""The gateway decision shared by forward-auth and the ASGI middleware.
+
+Bearer token + method + request target (+ declared purpose and authenticated
+actor) -> an allowing Decision, or the error that explains the refusal
+(NotAuthenticated: 401, NotAllowed: 403, StoreUnavailable: 503).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import quote
+
+from agentcaps.decision import Decision, Reason
+from agentcaps.errors import NotAllowed, NotAuthenticated, refusal
+from agentcaps.http.rules import PathRefused, Rules
+from agentcaps.verify import Verifier
+
+# Header values are ASCII; names may be any printable text. Values are
+# percent-encoded UTF-8 with ',' and '%' always encoded, so a list joined
+# with ',' splits back unambiguously.
+_HEADER_SAFE = "-._~:@!$&'()*+;=/"
+
+
+def bearer_token(authorization: Sequence[str]) -> str | None:
+    """The token of `Authorization: Bearer <token>`, None when there is no such header.
+
+    Raises:
+        NotAuthenticated: another scheme, an empty token, or several headers.
+    """
+    if not authorization:
+        return None
+    if len(authorization) > 1:
+        raise NotAuthenticated("send one Authorization header, not several")
+    scheme, _, token = authorization[0].strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise NotAuthenticated("use Authorization: Bearer <token>")
+    return token
+
+
+def header_value(name: str) -> str:
+    """A name (customer, user, agent, purpose) as a header value: percent-encoded UTF-8."""
+    return quote(name, safe=_HEADER_SAFE)
+
+
+def identity_headers(decision: Decision, purpose: str | None) -> dict[str, str]:
+    """What an upstream learns about an allowed request: who acts, for whom, why."""
+    purposes = (purpose,) if purpose is not None else decision.purposes
+    return {
+        "X-Agentcaps-Customer": header_value(decision.customer or ""),
+        "X-Agentcaps-User": header_value(decision.user or ""),
+        "X-Agentcaps-Agent": header_value(decision.agent or ""),
+        "X-Agentcaps-Chain": ",".join(header_value(a) for a in decision.chain),
+        "X-Agentcaps-Token-Id": decision.token_id or "",
+        "X-Agentcaps-Purpose": ",".join(header_value(p) for p in purposes),
+        "X-Agentcaps-Reason": decision.reason.value,
+    }
+
+
+class Gate:
+    """Decides gateway requests with one Verifier and one set of route rules."""
+
+    def __init__(self, verifier: Verifier, rules: Rules | None = None) -> None:
+        self._verifier = verifier
+        self.rules = rules or Rules()
+
+    def decide(
+        self,
+        *,
+        authorization: Sequence[str],
+        method: str,
+        target: str,
+        purpose: str | None = None,
+        actor: str | None = None,
+        refused: PathRefused | None = None,
+    ) -> Decision:
+        """The allowing decision for this request, else raise the refusal.
+
+        `target` is the raw request target (path and query, undecoded);
+        an empty purpose or actor counts as none. `refused`: the caller
+        already found the request ambiguous; the token is still judged, so
+        that a bad token answers 401 and a good one this refusal.
+
+        Raises:
+            NotAuthenticated, NotAllowed, StoreUnavailable.
+        """
+        token = bearer_token(authorization)
+        if token is None:
+            raise NotAuthenticated(
+                "this request needs a bearer token (Authorization: Bearer agc_…)"
+            )
+        purpose = purpose or None
+        actor = actor or None
+        resource, action = "", method.lower()
+        if refused is None:
+            try:
+                resource, action = self.rules.resolve(method, target)
+            except PathRefused as exc:
+                refused = exc
+        # With a refused path the token is judged on "", which is no resource:
+        # this never allows, and tells a bad token apart from a bad path.
+        decision = self._verifier.verify(
+            token, resource=resource, action=action, purpose=purpose, actor=actor
+        )
+        if decision.allowed:
+            return decision
+        error = refusal(decision)
+        if refused is not None and isinstance(error, NotAllowed):
+            raise refused
+        if isinstance(error, NotAllowed) and decision.reason is Reason.RESOURCE_DENIED:
+            raise NotAllowed(
+                f"the token does not allow {action} on {resource!r} (resource_denied)",
+                decision.reason,
+            )
+        raise error

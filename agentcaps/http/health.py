@@ -1,0 +1,70 @@
+"""Liveness and readiness: is the process up, and can it decide safely right now."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agentcaps.http.endpoint import Endpoint, respond
+from agentcaps.http.errors import NotReady
+from agentcaps.http.models import Health, NotReadyResponse, Readiness
+from agentcaps.http.service import Service, service_of
+from agentcaps.stores.redis import ReplicaRevocationStore
+
+
+async def healthz(request: Request) -> Response:
+    return respond(Health(status="ok"))
+
+
+def readiness(service: Service) -> tuple[bool, dict[str, str]]:
+    """Whether verification can be trusted now, and each check's finding."""
+    stores = service.stores
+    checks: dict[str, str] = {}
+    ready = True
+    if stores.ping():
+        checks["redis"] = "ok"
+    else:
+        checks["redis"] = "unreachable: verifications fail closed (revocation_unavailable)"
+        ready = False
+    lost = stores.store.watch.lost
+    if lost is None:
+        checks["revocation_state"] = "ok"
+    else:
+        checks["revocation_state"] = lost
+        ready = False
+    revocations = stores.revocations
+    if isinstance(revocations, ReplicaRevocationStore):
+        lag, bound = revocations.lag(), service.settings.replica_staleness
+        if lag <= bound:
+            checks["replica"] = f"ok: confirmed current {lag:.2f} s ago (bound {bound:g} s)"
+        else:
+            confirmed = (
+                "never confirmed" if lag == float("inf") else f"last confirmed {lag:.1f} s ago"
+            )
+            checks["replica"] = f"stale: {confirmed} (bound {bound:g} s)"
+            ready = False
+    return ready, checks
+
+
+async def readyz(request: Request) -> Response:
+    ready, checks = await run_in_threadpool(readiness, service_of(request))
+    if not ready:
+        failing = "; ".join(
+            f"{name}: {text}" for name, text in checks.items() if not text.startswith("ok")
+        )
+        raise NotReady(failing, checks=checks)
+    return respond(Readiness(ready=True, checks=checks))
+
+
+ENDPOINTS = (
+    Endpoint(("GET",), "/healthz", healthz, "Alive", responses={200: Health}),
+    Endpoint(
+        ("GET",),
+        "/readyz",
+        readyz,
+        "Ready to decide: Redis answers, the revocation replica is current, no state was lost",
+        responses={200: Readiness, 503: NotReadyResponse},
+        description="503 with the failing checks while verification would fail closed.",
+    ),
+)

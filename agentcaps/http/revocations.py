@@ -1,0 +1,131 @@
+"""Revocation routes: who may revoke what, and the live list.
+
+`{"token": T}` revokes T and everything derived from it (its last delegation
+branch, else its token id). It is allowed to T itself (any token may revoke
+itself), to an admin, and to an issuer of T's customer. Revoking by token id,
+delegation id, key id or agent is for admins; by customer (and user), for
+admins and that customer's issuers.
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agentcaps.claims import decode_unverified
+from agentcaps.decision import Reason
+from agentcaps.errors import InvalidToken, StoreUnavailable
+from agentcaps.http.body import parse
+from agentcaps.http.endpoint import Endpoint, respond
+from agentcaps.http.models import RevocationList, RevocationRequest, RevocationResponse
+from agentcaps.http.service import Service, service_of
+from agentcaps.http.tokens import required_bearer
+from agentcaps.revocation import Revocation, RevocationKind, revocation_for
+from agentcaps.service_tokens import admin_resource, caller, customer_resource
+
+
+def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocation:
+    """Authorise and record one revocation (runs in a thread: it talks to Redis)."""
+    authority = service.authority
+    settings = service.settings
+    now = int(service.clock())
+    if body.token is not None:
+        target = authority.authenticate(body.token)
+        if target.reason is Reason.REVOCATION_UNAVAILABLE:
+            raise StoreUnavailable("the key store did not answer")
+        if target.reason is not Reason.OK:
+            raise InvalidToken(f"token: not an authentic token ({target.reason})", target.reason)
+        # The bearer is the very token to revoke: a token may always revoke itself.
+        # (A plain comparison: both strings are the caller's own.)
+        if bearer == body.token:
+            by = caller(target)
+        else:
+            assert target.customer is not None  # authentic tokens have a principal
+            by = caller(
+                authority.authorize(
+                    bearer, customer_resource(target.customer, "revocations"), "revoke"
+                )
+            )
+        revocation = revocation_for(
+            decode_unverified(body.token),
+            revoked_at=now,
+            max_lifetime=settings.max_lifetime,
+            reason=body.reason,
+            by=by,
+        )
+        return service.stores.revocations.revoke(revocation)
+    subject: tuple[str, ...]
+    if body.customer is not None:
+        by = caller(
+            authority.authorize(bearer, customer_resource(body.customer, "revocations"), "revoke")
+        )
+        if body.user is not None:
+            kind, subject = RevocationKind.USER, (body.customer, body.user)
+        else:
+            kind, subject = RevocationKind.CUSTOMER, (body.customer,)
+        return service.stores.revocations.revoke(
+            Revocation(kind, subject, now, None, body.reason, by)
+        )
+    by = caller(authority.authorize(bearer, admin_resource("revocations"), "revoke"))
+    if body.key_id is not None:
+        service.stores.keys.revoke(body.key_id, reason=body.reason, by=by)
+        # What the key store recorded, as the store stamps it.
+        return service.stores.store.stamp(
+            Revocation(RevocationKind.KEY, (body.key_id,), now, None, body.reason, by)
+        )
+    if body.token_id is not None:
+        kind, subject = RevocationKind.TOKEN, (body.token_id,)
+    elif body.delegation_id is not None:
+        kind, subject = RevocationKind.DELEGATION, (body.delegation_id,)
+    else:
+        assert body.agent is not None  # the model requires exactly one target
+        kind, subject = RevocationKind.AGENT, (body.agent,)
+    return service.stores.revocations.revoke(Revocation(kind, subject, now, None, body.reason, by))
+
+
+async def create_revocation(request: Request) -> Response:
+    bearer = required_bearer(request)
+    service = service_of(request)
+    body = await parse(request, RevocationRequest)
+    stored = await run_in_threadpool(_revoke, service, bearer, body)
+    return respond(RevocationResponse.model_validate(stored.to_dict()), 201)
+
+
+async def list_revocations(request: Request) -> Response:
+    bearer = required_bearer(request)
+    service = service_of(request)
+
+    def work() -> RevocationList:
+        service.authority.authorize(bearer, admin_resource("revocations"), "admin")
+        return RevocationList.model_validate(
+            {"revocations": [r.to_dict() for r in service.stores.store.list()]}
+        )
+
+    return respond(await run_in_threadpool(work))
+
+
+ENDPOINTS = (
+    Endpoint(
+        ("POST",),
+        "/v1/revocations",
+        create_revocation,
+        "Revoke a token, a delegation branch, a key, a customer, a user or an agent",
+        body=RevocationRequest,
+        responses={201: RevocationResponse},
+        errors=(400, 401, 403, 404, 413, 415, 422, 503),
+        auth="token: that token itself, an admin, or an issuer of its customer; customer "
+        "(and user): an admin or that customer's issuer; token_id, delegation_id, key_id, "
+        "agent: an admin",
+        description="Acknowledged (201) only once the store has it durably.",
+    ),
+    Endpoint(
+        ("GET",),
+        "/v1/revocations",
+        list_revocations,
+        "List live revocations",
+        responses={200: RevocationList},
+        errors=(401, 403, 503),
+        auth="admin",
+    ),
+)

@@ -1,0 +1,73 @@
+"""What the service's routes share: stores, minters, verifiers, the authority over its own routes.
+
+One `Service` per app, built by `create_app` and reached from a request as
+`service_of(request)`. Route handlers are thin: they read the body, ask the
+Service's parts, and answer; the work that may touch Redis runs in a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from agentcaps.config import Settings
+from agentcaps.http.gate import Gate, bearer_token
+from agentcaps.http.rules import Rules
+from agentcaps.mint import Minter
+from agentcaps.service_tokens import SERVICE_AUDIENCE, ServiceAuthority
+from agentcaps.stores.redis import Stores
+from agentcaps.verify import Verifier
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Service:
+    """The parts of one running service.
+
+    `minter` mints agent tokens (the deployment's max ttl); `service_minter`
+    mints admin and issuer tokens, which may live up to the verifiers' max
+    lifetime. `authority` guards the service's own routes (audience
+    `agentcaps`, platform keys only); `gateway` is the verifier of the verify
+    and forward-auth routes (the deployment's audience, AGENTCAPS_AUDIENCE).
+    """
+
+    settings: Settings
+    stores: Stores
+    clock: Clock
+    minter: Minter
+    service_minter: Minter
+    authority: ServiceAuthority
+    gateway: Verifier
+    gate: Gate
+
+    @classmethod
+    def build(
+        cls, settings: Settings, stores: Stores, *, clock: Clock = time.time, rules: Rules
+    ) -> Service:
+        gateway = stores.verifier(clock=clock, audience=settings.audience)
+        service_verifier = stores.verifier(clock=clock, audience=SERVICE_AUDIENCE)
+        return cls(
+            settings=settings,
+            stores=stores,
+            clock=clock,
+            minter=stores.minter(clock=clock, max_ttl=settings.max_ttl),
+            service_minter=Minter(stores.keys, clock=clock, max_ttl=settings.max_lifetime),
+            authority=ServiceAuthority(stores.keys, service_verifier),
+            gateway=gateway,
+            gate=Gate(gateway, rules),
+        )
+
+
+def service_of(request: Request) -> Service:
+    """The Service of the app serving `request`."""
+    service: Service = request.app.state.service
+    return service
+
+
+def bearer(request: Request) -> str | None:
+    """The request's bearer token, if any (NotAuthenticated for a malformed Authorization)."""
+    return bearer_token(request.headers.getlist("authorization"))

@@ -1,0 +1,128 @@
+"""Revocation over HTTP: a token revokes itself and nothing else; admins and issuers revoke more."""
+
+from __future__ import annotations
+
+import agentcaps
+from tests.http.conftest import Api, assert_error
+
+REQUEST = {"resource": "crm/contacts/42", "action": "read"}
+
+
+def reason(api: Api, token: str) -> str:
+    return str(api.post("/v1/verify", {"token": token, **REQUEST}).json()["reason"])
+
+
+def test_a_token_revokes_itself_with_no_other_credential(api: Api) -> None:
+    """POST /v1/revocations {"token": T} with T as bearer → 201, and T is revoked."""
+    token = api.agent_token()
+    response = api.post("/v1/revocations", {"token": token, "reason": "done"}, token)
+    assert response.status_code == 201
+    stored = response.json()
+    assert stored["kind"] == "token" and stored["reason"] == "done"
+    assert "planner" in stored["by"] and token not in response.text
+    assert reason(api, token) == "revoked"
+
+
+def test_a_delegated_token_revokes_its_branch_not_its_parent(api: Api) -> None:
+    """A delegated token revoking itself revokes its delegation branch; the parent stays allowed."""
+    parent = api.agent_token()
+    child = agentcaps.attenuate(parent, delegate_to="fetcher")
+    grandchild = agentcaps.attenuate(child, delegate_to="summarizer")
+    stored = api.post("/v1/revocations", {"token": child}, child).json()
+    assert stored["kind"] == "delegation"
+    assert (reason(api, child), reason(api, grandchild), reason(api, parent)) == (
+        "revoked",
+        "revoked",
+        "ok",
+    )
+
+
+def test_a_token_can_revoke_nothing_but_itself(api: Api) -> None:
+    """An agent token cannot revoke another token, its customer, its user, an agent or a key."""
+    token = api.agent_token()
+    other = api.agent_token(agent="writer")
+    child = agentcaps.attenuate(token, delegate_to="fetcher")
+    attempts = [
+        {"token": other},
+        {"token": child},  # derived from it, but not it
+        {"customer": "acme"},
+        {"customer": "acme", "user": "alice"},
+        {"agent": "writer"},
+        {"token_id": agentcaps.inspect(other)["token_id"]},
+        {"key_id": agentcaps.inspect(other)["key_id"]},
+    ]
+    for body in attempts:
+        assert_error(api.post("/v1/revocations", body, token), 403)
+    assert (reason(api, token), reason(api, other), reason(api, child)) == ("ok", "ok", "ok")
+    # A parent cannot revoke its child's branch on its own either; the child can.
+    assert api.post("/v1/revocations", {"token": child}, child).status_code == 201
+
+
+def test_an_issuer_revokes_its_customers_tokens_not_anothers(api: Api) -> None:
+    """An issuer of acme may revoke acme's tokens by token, user or customer; not globex's."""
+    issuer = api.issuer("acme")
+    acme = api.agent_token()
+    globex = api.agent_token(customer="globex")
+    assert_error(api.post("/v1/revocations", {"token": globex}, issuer), 403)
+    assert_error(api.post("/v1/revocations", {"customer": "globex"}, issuer), 403)
+    assert api.post("/v1/revocations", {"token": acme}, issuer).status_code == 201
+    assert (reason(api, acme), reason(api, globex)) == ("revoked", "ok")
+
+
+def test_each_kind_of_revocation_takes_effect(api: Api) -> None:
+    """token_id, delegation_id, customer, user, agent and key_id revocations each deny their tokens."""
+    admin = api.admin
+    by_id = api.agent_token()
+    delegated = agentcaps.attenuate(api.agent_token(), delegate_to="fetcher")
+    user_tok = api.agent_token(user="bob")
+    agent_tok = api.agent_token(agent="crawler")
+    customer_tok = api.agent_token(customer="initech")
+    key_tok = api.agent_token(customer="hooli")
+    bystander = api.agent_token(customer="umbrella")
+    bodies = [
+        {"token_id": agentcaps.inspect(by_id)["token_id"]},
+        {"delegation_id": agentcaps.inspect(delegated)["delegation_ids"][-1]},
+        {"customer": "acme", "user": "bob"},
+        {"agent": "crawler"},
+        {"customer": "initech"},
+        {"key_id": agentcaps.inspect(key_tok)["key_id"]},
+    ]
+    for body in bodies:
+        response = api.post("/v1/revocations", {**body, "reason": "test"}, admin)
+        assert response.status_code == 201, response.text
+        assert response.json()["kind"] in (
+            "token",
+            "delegation",
+            "user",
+            "agent",
+            "customer",
+            "key",
+        )
+    for token in (by_id, delegated, user_tok, agent_tok, customer_tok):
+        assert reason(api, token) == "revoked"
+    assert reason(api, key_tok) == "key_revoked"
+    assert reason(api, bystander) == "ok"
+    listed = api.get("/v1/revocations", admin).json()["revocations"]
+    assert sorted(r["kind"] for r in listed) == sorted(
+        ["token", "delegation", "user", "agent", "customer", "key"]
+    )
+
+
+def test_a_revocation_names_exactly_one_target(api: Api) -> None:
+    """Zero or two targets, or a user without a customer, are 422 invalid_request."""
+    for body in ({}, {"agent": "a", "customer": "c"}, {"user": "alice"}, {"reason": "x"}):
+        assert_error(api.post("/v1/revocations", body, api.admin), 422, "invalid_request")
+
+
+def test_revoking_a_forged_token_is_422_and_an_unknown_key_404(api: Api) -> None:
+    """A body token that is not authentic cannot be revoked (422); an unknown key id is 404."""
+    token = api.agent_token()
+    forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    assert_error(api.post("/v1/revocations", {"token": forged}, forged), 422, "invalid_token")
+    assert_error(api.post("/v1/revocations", {"key_id": "knope"}, api.admin), 404, "unknown_key")
+
+
+def test_ids_must_be_lowercase_hex(api: Api) -> None:
+    """Token and delegation ids are 32 lowercase hex characters; anything else is 422."""
+    for value in ("AB" * 16, "ab" * 15, "zz" * 16):
+        assert_error(api.post("/v1/revocations", {"token_id": value}, api.admin), 422)
