@@ -28,6 +28,8 @@ class Reason(StrEnum):
     DISCHARGE_MISSING = "discharge_missing"
     REVOKED = "revoked"
     REVOCATION_UNAVAILABLE = "revocation_unavailable"
+    # The token's caveats allow the request, but the gateway policy (issue 5) does not.
+    POLICY_DENIED = "policy_denied"
 
 
 class Decision(NamedTuple):

@@ -1,0 +1,129 @@
+"""A deployment's policies: where they come from (settings, environment) and the objects the service holds.
+
+The mint policy is the folder AGENTCAPS_POLICY_DIR (or `--policy-dir`), else
+the built-in default for the deployment's AGENTCAPS_MAX_TTL. The gateway
+policy is the folder AGENTCAPS_GATEWAY_POLICY_DIR, else the `gateway/`
+folder inside the mint policy folder when there is one (the layout `agentcaps
+policy test` checks), else none.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentcaps.mint import DEFAULT_MAX_TTL
+from agentcaps.policy.gateway import GatewayPolicy
+from agentcaps.policy.mint import PolicyEngine
+from agentcaps.policy.schema import PolicyKind
+from agentcaps.policy.store import PolicyStore, PolicyWatcher, SignalHandler, install_sighup
+
+POLICY_DIR_ENV = "AGENTCAPS_POLICY_DIR"
+GATEWAY_POLICY_DIR_ENV = "AGENTCAPS_GATEWAY_POLICY_DIR"
+GATEWAY_SUBFOLDER = "gateway"
+
+
+def policy_dirs_from_env(env: Mapping[str, str] | None = None) -> tuple[Path | None, Path | None]:
+    """AGENTCAPS_POLICY_DIR and AGENTCAPS_GATEWAY_POLICY_DIR, as given (None when unset or empty).
+
+    Until Settings has `policy_dir` and `gateway_policy_dir`, this is where they are read.
+    """
+    env = os.environ if env is None else env
+    mint = env.get(POLICY_DIR_ENV) or None
+    gateway = env.get(GATEWAY_POLICY_DIR_ENV) or None
+    return (Path(mint) if mint else None, Path(gateway) if gateway else None)
+
+
+def gateway_dir_for(policy_dir: Path | None, gateway_policy_dir: Path | None) -> Path | None:
+    """The gateway folder: the one given, else `<policy_dir>/gateway` if it exists, else None."""
+    if gateway_policy_dir is not None:
+        return gateway_policy_dir
+    if policy_dir is not None and (policy_dir / GATEWAY_SUBFOLDER).is_dir():
+        return policy_dir / GATEWAY_SUBFOLDER
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """The mint policy engine and the optional gateway policy of one deployment."""
+
+    engine: PolicyEngine
+    gateway: GatewayPolicy | None = None
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        policy_dir: str | Path | None = None,
+        gateway_policy_dir: str | Path | None = None,
+        max_ttl: int = DEFAULT_MAX_TTL,
+    ) -> Policies:
+        """Load the policies (see the module's docstring for which).
+
+        Raises:
+            PolicyError: a folder is missing, or its policies do not parse or validate.
+        """
+        mint_dir = Path(policy_dir) if policy_dir is not None else None
+        engine = PolicyEngine.from_dir(mint_dir) if mint_dir else PolicyEngine.default(max_ttl)
+        gateway_dir = gateway_dir_for(
+            mint_dir, Path(gateway_policy_dir) if gateway_policy_dir is not None else None
+        )
+        gateway = (
+            GatewayPolicy(PolicyStore.from_dir(gateway_dir, PolicyKind.GATEWAY))
+            if gateway_dir is not None
+            else None
+        )
+        return cls(engine, gateway)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        policy_dir: str | Path | None = None,
+        max_ttl: int = DEFAULT_MAX_TTL,
+    ) -> Policies:
+        """`load` with the folders of AGENTCAPS_POLICY_DIR and AGENTCAPS_GATEWAY_POLICY_DIR.
+
+        `policy_dir` (a `--policy-dir` option) overrides AGENTCAPS_POLICY_DIR.
+
+        Raises:
+            PolicyError: as `load`.
+        """
+        env_dir, gateway_dir = policy_dirs_from_env(env)
+        return cls.load(
+            policy_dir=policy_dir if policy_dir is not None else env_dir,
+            gateway_policy_dir=gateway_dir,
+            max_ttl=max_ttl,
+        )
+
+    @property
+    def stores(self) -> list[PolicyStore]:
+        """Every store, mint first."""
+        return [self.engine.store] + ([self.gateway.store] if self.gateway else [])
+
+    def watch(self, interval: float = 1.0) -> PolicyWatcher:
+        """Start reloading the folders when their files change; `stop()` the result to end it."""
+        return PolicyWatcher(self.stores, interval).start()
+
+    def install_sighup(self) -> SignalHandler:
+        """Reload every store on SIGHUP (call from the main thread)."""
+        return install_sighup(*self.stores)
+
+    def reload(self) -> None:
+        """Reload every store now (a failed one keeps its running set)."""
+        for store in self.stores:
+            store.reload()
+
+    def status(self) -> dict[str, Any]:
+        """For /readyz details: each set's version and last reload error; `ok` if none failed."""
+        mint = self.engine.store.status()
+        gateway = self.gateway.store.status() if self.gateway else None
+        return {
+            "ok": mint["ok"] and (gateway is None or gateway["ok"]),
+            "mint": mint,
+            "gateway": gateway,
+        }
