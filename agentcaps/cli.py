@@ -25,11 +25,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import agentcaps
+from agentcaps import policy_cli
 from agentcaps.config import MEMORY_URL, Settings, new_master_key_text, redact_url
 from agentcaps.errors import (
     AgentCapsError,
     ConfigError,
     InvalidToken,
+    NotAllowed,
     NothingPersistsWarning,
     RevocationStateLost,
     StoreUnavailable,
@@ -362,7 +364,14 @@ def cmd_keys_revoke(args: argparse.Namespace, stores: Stores) -> None:
 
 
 def cmd_mint(args: argparse.Namespace, stores: Stores) -> None:
-    minted = stores.minter().issue(
+    from agentcaps.policy import MintIssuer, Policies, mint_with_policy
+
+    # The operator's path: an admin's mint, decided by the same mint policy as the service's.
+    policies = Policies.from_settings(stores.settings, policy_dir=args.policy_dir)
+    minted, _decision = mint_with_policy(
+        stores.minter(),
+        policies.engine,
+        MintIssuer.admin(),
         customer=args.customer,
         user=args.user,
         agent=args.agent,
@@ -529,11 +538,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from agentcaps.http.app import create_app, open_stores
     from agentcaps.http.rules import Rules
+    from agentcaps.policy import Policies
     from agentcaps.service_tokens import mint_admin_token
 
     settings = Settings.from_env()
+    if args.policy_dir:
+        settings = dataclasses.replace(settings, policy_dir=args.policy_dir)
+        os.environ["AGENTCAPS_POLICY_DIR"] = args.policy_dir  # for workers, which read it
     if settings.routes_file:
         Rules.load(settings.routes_file)  # a bad rules file stops us here, not in a worker
+    policies = Policies.from_settings(settings)  # so do policies that do not load
 
     def run(app: object, **extra: Any) -> None:
         uvicorn.run(
@@ -573,7 +587,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             print(admin.token, file=sys.stderr, flush=True)
-            run(create_app(settings, stores))
+            run(create_app(settings, stores, policies=policies))
         finally:
             stores.close()
         return 0
@@ -590,7 +604,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Each worker builds its own app (and its own connections) from the environment.
         run("agentcaps.http.app:create_app", factory=True, workers=args.workers)
     else:
-        run(create_app(settings))
+        run(create_app(settings, policies=policies))
     return 0
 
 
@@ -810,6 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the token with its id, key id and times"
     )
 
+    policy_cli.add_policy_dir_argument(p)
+
     p = command(
         commands,
         "verify",
@@ -873,6 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes (default 1; more need a real Redis)",
     )
+    policy_cli.add_policy_dir_argument(p)
 
     p = command(
         commands,
@@ -912,6 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
         _store_command(cmd_revocations_recover),
         parents=[store],
     )
+    policy_cli.register(commands)
     return parser
 
 
@@ -940,6 +958,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except InvalidToken as exc:
         _err(f"not a valid token: {exc}")
+        return 1
+    except NotAllowed as exc:
+        _err(f"{exc} ({exc.reason})")
         return 1
     except AgentCapsError as exc:
         _err(str(exc))

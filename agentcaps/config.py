@@ -112,6 +112,13 @@ class Settings:
     audience: str | None = None
     # A TOML file of forward-auth route rules (method + path -> resource, action).
     routes_file: str | None = None
+    # Folders of *.cedar policies: what may be minted (None: the built-in
+    # default), and what the gateway allows beyond a token's own caveats
+    # (None: `<policy_dir>/gateway` when it exists, else no gateway policy).
+    policy_dir: str | None = None
+    gateway_policy_dir: str | None = None
+    # Seconds between checks of the policy folders for changes (0: only SIGHUP).
+    policy_poll_interval: float = 1.0
 
     def __repr__(self) -> str:
         # The master key never appears in a repr, a log line or an error.
@@ -162,6 +169,9 @@ class Settings:
             wait_replicas=wait_replicas,
             audience=audience,
             routes_file=env.get("AGENTCAPS_ROUTES") or None,
+            policy_dir=env.get("AGENTCAPS_POLICY_DIR") or None,
+            gateway_policy_dir=env.get("AGENTCAPS_GATEWAY_POLICY_DIR") or None,
+            policy_poll_interval=_float(env, "AGENTCAPS_POLICY_POLL_INTERVAL", 1.0, 0.0),
         )
 
 

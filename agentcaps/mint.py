@@ -48,6 +48,17 @@ class MintedToken:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class MintPlan:
+    """A checked mint request, not yet signed: the token's id, times and caveats."""
+
+    key_owner: str | None  # whose active key will sign (None: the platform's)
+    token_id: bytes
+    issued_at: int
+    expires_at: int
+    caveats: tuple[cv.Caveat, ...]
+
+
 def _check_ttl(ttl: object, max_ttl: int | None = None) -> int:
     if type(ttl) is not int or ttl <= 0:
         raise InvalidArgument("ttl must be a positive whole number of seconds")
@@ -164,6 +175,45 @@ class Minter:
         The customer's active key signs, unless `platform_key` asks for the
         platform's (the service's own admin and issuer tokens).
         """
+        return self.sign(
+            self.plan(
+                customer=customer,
+                user=user,
+                agent=agent,
+                resources=resources,
+                actions=actions,
+                purposes=purposes,
+                ttl=ttl,
+                audience=audience,
+                max_delegations=max_delegations,
+                not_before=not_before,
+                platform_key=platform_key,
+            )
+        )
+
+    def plan(
+        self,
+        *,
+        customer: str,
+        user: str,
+        agent: str,
+        resources: Sequence[str],
+        actions: Sequence[str],
+        purposes: Sequence[str],
+        ttl: int,
+        audience: Sequence[str] | None = None,
+        max_delegations: int | None = None,
+        not_before: int | None = None,
+        platform_key: bool = False,
+    ) -> MintPlan:
+        """Check a mint request and fix what the token will say, without signing it.
+
+        For callers that must judge a token before it exists (a mint policy
+        decides on `Grant::"<token id>"`): `sign` the plan once it is allowed.
+
+        Raises:
+            InvalidArgument: a value that cannot go into a token.
+        """
         principal = cv.Principal(cv.check_name(customer, "customer"), cv.check_name(user, "user"))
         first_holder = cv.Agent(cv.check_name(agent, "agent"))
         ttl = _check_ttl(ttl, self._max_ttl)
@@ -179,14 +229,26 @@ class Minter:
             caveats.append(cv.NotBefore(_check_time(not_before, "not_before")))
         if max_delegations is not None:
             caveats.append(cv.MaxDelegations(_check_limit(max_delegations)))
+        return MintPlan(
+            key_owner=None if platform_key else customer,
+            token_id=secrets.token_bytes(wire.TOKEN_ID_BYTES),
+            issued_at=now,
+            expires_at=expires_at,
+            caveats=tuple(caveats),
+        )
 
-        key = self._keys.signing_key(None if platform_key else customer)
-        tid = secrets.token_bytes(wire.TOKEN_ID_BYTES)
-        identifier = wire.encode_identifier(wire.Identifier(key.kid, tid, now))
-        cids = tuple(c.encode() for c in caveats)
+    def sign(self, plan: MintPlan) -> MintedToken:
+        """Sign a plan with its owner's active root key: the token exists from here on.
+
+        Raises:
+            StoreUnavailable: the key store did not answer.
+        """
+        key = self._keys.signing_key(plan.key_owner)
+        identifier = wire.encode_identifier(wire.Identifier(key.kid, plan.token_id, plan.issued_at))
+        cids = tuple(c.encode() for c in plan.caveats)
         sig = signature.chain(key.derived, identifier, cids)
         token = wire.encode_token(wire.RawMacaroon(identifier, cids, sig))
-        return MintedToken(token, tid.hex(), key.kid, now, expires_at)
+        return MintedToken(token, plan.token_id.hex(), key.kid, plan.issued_at, plan.expires_at)
 
 
 def attenuate(

@@ -71,9 +71,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from agentcaps.policy import PolicyEngine, PolicyError, policy_dirs_from_env
+    from agentcaps.config import Settings
+    from agentcaps.policy import PolicyEngine, PolicyError
 
-    directory = None if args.default else (args.policy_dir or policy_dirs_from_env()[0])
+    directory = None if args.default else (args.policy_dir or Settings.from_env().policy_dir)
     try:
         engine = (
             PolicyEngine.from_dir(directory)

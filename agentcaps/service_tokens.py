@@ -146,6 +146,11 @@ class ServiceAuthority:
             )
 
 
+def is_admin(decision: Decision) -> bool:
+    """True when an authorised service token (see ServiceAuthority) is an admin token."""
+    return decision.customer == PLATFORM_CUSTOMER and decision.agent == ADMIN_AGENT
+
+
 def caller(decision: Decision) -> str:
     """Who made a request, for the `by` of a revocation and the audit trail (no secrets)."""
     chain = ">".join(decision.chain)

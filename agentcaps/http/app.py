@@ -5,6 +5,7 @@ uvicorn --factory agentcaps.http.app:create_app      # or: agentcaps serve
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -23,9 +24,11 @@ from agentcaps.http.endpoint import Endpoint
 from agentcaps.http.errors import EXCEPTION_HANDLERS
 from agentcaps.http.rules import Rules
 from agentcaps.http.service import Service
+from agentcaps.policy import Policies
 from agentcaps.stores.redis import Stores
 
 Clock = Callable[[], float]
+log = logging.getLogger("agentcaps.http")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     *tokens.ENDPOINTS,
@@ -70,6 +73,7 @@ def create_app(
     clock: Clock = time.time,
     *,
     rules: Rules | None = None,
+    policies: Policies | None = None,
 ) -> Starlette:
     """The agentcaps service.
 
@@ -81,26 +85,43 @@ def create_app(
         clock: unix time, for minting, verification and revocation times.
         rules: forward-auth route rules (default: AGENTCAPS_ROUTES, else the
             path is the resource).
+        policies: the mint and gateway policies (default: from `settings`;
+            reloaded on SIGHUP, and when their files change if
+            `settings.policy_poll_interval` is not 0).
 
     Raises:
         ConfigError, StoreUnavailable: the stores cannot be opened safely.
+        PolicyError: the policies do not load.
     """
     if settings is None:
         settings = stores.settings if stores is not None else Settings.from_env()
+    if policies is None:
+        policies = Policies.from_settings(settings)
     owned = stores is None
     if stores is None:
         stores = open_stores(settings, clock=clock)
     if rules is None:
         rules = Rules.load(settings.routes_file) if settings.routes_file else Rules()
-    service = Service.build(settings, stores, clock=clock, rules=rules)
+    service = Service.build(settings, stores, clock=clock, rules=rules, policies=policies)
     document = openapi.build(ENDPOINTS, version=_version())
     routes = [e.route() for e in ENDPOINTS]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if owned:
-            service.stores.close()
+        watcher = (
+            policies.watch(settings.policy_poll_interval) if settings.policy_poll_interval else None
+        )
+        try:
+            policies.install_sighup()
+        except ValueError:  # not the main thread (e.g. a test client): file changes still reload
+            log.info("SIGHUP does not reload policies here: not running in the main thread")
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            if owned:
+                service.stores.close()
 
     app = Starlette(
         routes=routes,

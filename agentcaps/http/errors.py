@@ -30,6 +30,7 @@ from agentcaps.errors import (
     StoreUnavailable,
     UnknownKey,
 )
+from agentcaps.policy.errors import PolicyDenied
 
 log = logging.getLogger("agentcaps.http")
 
@@ -93,6 +94,7 @@ class NotReady(HttpError):
 
 # The library's errors, by class; the most specific class in an exception's MRO wins.
 _LIBRARY: Mapping[type[Exception], tuple[int, str]] = {
+    PolicyDenied: (403, "policy_denied"),
     NotAuthenticated: (401, "unauthenticated"),
     NotAllowed: (403, "forbidden"),
     InvalidToken: (422, "invalid_token"),

@@ -8,12 +8,12 @@ actor) -> an allowing Decision, or the error that explains the refusal
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 from urllib.parse import quote
 
 from agentcaps.decision import Decision, Reason
 from agentcaps.errors import NotAllowed, NotAuthenticated, refusal
 from agentcaps.http.rules import PathRefused, Rules
-from agentcaps.verify import Verifier
 
 # Header values are ASCII; names may be any printable text. Values are
 # percent-encoded UTF-8 with ',' and '%' always encoded, so a list joined
@@ -57,10 +57,24 @@ def identity_headers(decision: Decision, purpose: str | None) -> dict[str, str]:
     }
 
 
-class Gate:
-    """Decides gateway requests with one Verifier and one set of route rules."""
+class RequestVerifier(Protocol):
+    """What a Gate decides with: a Verifier, or one that also applies a gateway policy."""
 
-    def __init__(self, verifier: Verifier, rules: Rules | None = None) -> None:
+    def verify(
+        self,
+        token: object,
+        *,
+        resource: str,
+        action: str,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> Decision: ...
+
+
+class Gate:
+    """Decides gateway requests with one verifier and one set of route rules."""
+
+    def __init__(self, verifier: RequestVerifier, rules: Rules | None = None) -> None:
         self._verifier = verifier
         self.rules = rules or Rules()
 

@@ -44,6 +44,17 @@ def readiness(service: Service) -> tuple[bool, dict[str, str]]:
             )
             checks["replica"] = f"stale: {confirmed} (bound {bound:g} s)"
             ready = False
+    # A policy set that failed to reload does not stop the service (the
+    # previous set keeps deciding); it is reported here for operators.
+    for kind, status in service.policies.status().items():
+        if kind == "ok" or status is None:
+            continue
+        if status["ok"]:
+            checks[f"{kind}_policy"] = f"ok: version {status['version']}"
+        else:
+            checks[f"{kind}_policy"] = (
+                f"reload failed, still running version {status['version']}: {status['last_error']}"
+            )
     return ready, checks
 
 

@@ -21,9 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentcaps.errors import AgentCapsError
 from agentcaps.http.errors import error_response
-from agentcaps.http.gate import Gate
+from agentcaps.http.gate import Gate, RequestVerifier
 from agentcaps.http.rules import Rules
-from agentcaps.verify import Verifier
 
 STATE_KEY = "agentcaps"
 
@@ -42,7 +41,7 @@ class AgentcapsMiddleware:
         self,
         app: ASGIApp,
         *,
-        verifier: Verifier,
+        verifier: RequestVerifier,
         rules: Rules | None = None,
         public: Collection[str] = (),
     ) -> None:

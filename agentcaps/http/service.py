@@ -17,9 +17,9 @@ from agentcaps.config import Settings
 from agentcaps.http.gate import Gate, bearer_token
 from agentcaps.http.rules import Rules
 from agentcaps.mint import Minter
+from agentcaps.policy import PolicedVerifier, Policies
 from agentcaps.service_tokens import SERVICE_AUDIENCE, ServiceAuthority
 from agentcaps.stores.redis import Stores
-from agentcaps.verify import Verifier
 
 Clock = Callable[[], float]
 
@@ -32,7 +32,9 @@ class Service:
     mints admin and issuer tokens, which may live up to the verifiers' max
     lifetime. `authority` guards the service's own routes (audience
     `agentcaps`, platform keys only); `gateway` is the verifier of the verify
-    and forward-auth routes (the deployment's audience, AGENTCAPS_AUDIENCE).
+    and forward-auth routes (the deployment's audience, AGENTCAPS_AUDIENCE),
+    with the gateway policy applied after a token's own caveats; `policies`
+    are the mint and gateway policies, reloaded on SIGHUP and file change.
     """
 
     settings: Settings
@@ -41,14 +43,23 @@ class Service:
     minter: Minter
     service_minter: Minter
     authority: ServiceAuthority
-    gateway: Verifier
+    gateway: PolicedVerifier
     gate: Gate
+    policies: Policies
 
     @classmethod
     def build(
-        cls, settings: Settings, stores: Stores, *, clock: Clock = time.time, rules: Rules
+        cls,
+        settings: Settings,
+        stores: Stores,
+        *,
+        clock: Clock = time.time,
+        rules: Rules,
+        policies: Policies,
     ) -> Service:
-        gateway = stores.verifier(clock=clock, audience=settings.audience)
+        gateway = PolicedVerifier(
+            stores.verifier(clock=clock, audience=settings.audience), policies.gateway, clock
+        )
         service_verifier = stores.verifier(clock=clock, audience=SERVICE_AUDIENCE)
         return cls(
             settings=settings,
@@ -59,6 +70,7 @@ class Service:
             authority=ServiceAuthority(stores.keys, service_verifier),
             gateway=gateway,
             gate=Gate(gateway, rules),
+            policies=policies,
         )
 
 

@@ -21,9 +21,11 @@ from agentcaps.http.models import (
 )
 from agentcaps.http.service import bearer, service_of
 from agentcaps.mint import attenuate
+from agentcaps.policy import MintIssuer, mint_with_policy
 from agentcaps.service_tokens import (
     admin_resource,
     customer_resource,
+    is_admin,
     mint_issuer_token,
     reserved_audience,
     reserved_customer,
@@ -63,10 +65,16 @@ async def mint_token(request: Request) -> Response:
     body = await parse(request, MintRequest)
 
     def work() -> MintResponse:
-        service.authority.authorize(token, customer_resource(body.customer, "tokens"), "mint")
+        caller = service.authority.authorize(
+            token, customer_resource(body.customer, "tokens"), "mint"
+        )
         reserved_customer(body.customer)
         reserved_audience(body.audience)
-        minted = service.minter.issue(
+        issuer = MintIssuer.admin() if is_admin(caller) else MintIssuer.issuer(body.customer)
+        minted, _policy = mint_with_policy(
+            service.minter,
+            service.policies.engine,
+            issuer,
             customer=body.customer,
             user=body.user,
             agent=body.agent,
@@ -139,7 +147,8 @@ ENDPOINTS = (
         errors=(*_BODY_ERRORS, 401, 403, 503),
         auth="an issuer token of the customer, or admin",
         description="An issuer asking for another customer is refused (403). The audience "
-        "'agentcaps' is reserved for the service's own tokens.",
+        "'agentcaps' is reserved for the service's own tokens. The mint policy decides "
+        "every mint; a denial is 403 policy_denied naming the deciding policies.",
     ),
     Endpoint(
         ("POST",),

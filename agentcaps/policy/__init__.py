@@ -7,10 +7,15 @@ is docs/policy.md; the schemas are in `agentcaps.policy.schema`.
 from __future__ import annotations
 
 from agentcaps.policy.decision import PolicyDecision
-from agentcaps.policy.deployment import Policies, policy_dirs_from_env
+from agentcaps.policy.deployment import Policies
 from agentcaps.policy.errors import PolicyDenied, PolicyError
-from agentcaps.policy.gateway import GatewayOutcome, GatewayPolicy, apply_gateway_policy
-from agentcaps.policy.mint import MintGrant, MintIssuer, PolicyEngine
+from agentcaps.policy.gateway import (
+    GatewayOutcome,
+    GatewayPolicy,
+    PolicedVerifier,
+    apply_gateway_policy,
+)
+from agentcaps.policy.mint import MintGrant, MintIssuer, PolicyEngine, mint_with_policy
 from agentcaps.policy.policyset import PolicySet
 from agentcaps.policy.schema import MINT_SCHEMA, PolicyKind, default_mint_policy, gateway_schema
 from agentcaps.policy.store import PolicyStore, PolicyWatcher, ReloadResult, install_sighup
@@ -21,6 +26,7 @@ __all__ = [
     "GatewayPolicy",
     "MintGrant",
     "MintIssuer",
+    "PolicedVerifier",
     "Policies",
     "PolicyDecision",
     "PolicyDenied",
@@ -35,5 +41,5 @@ __all__ = [
     "default_mint_policy",
     "gateway_schema",
     "install_sighup",
-    "policy_dirs_from_env",
+    "mint_with_policy",
 ]

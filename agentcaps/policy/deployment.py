@@ -9,32 +9,18 @@ policy test` checks), else none.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentcaps.config import Settings
 from agentcaps.mint import DEFAULT_MAX_TTL
 from agentcaps.policy.gateway import GatewayPolicy
 from agentcaps.policy.mint import PolicyEngine
 from agentcaps.policy.schema import PolicyKind
 from agentcaps.policy.store import PolicyStore, PolicyWatcher, SignalHandler, install_sighup
 
-POLICY_DIR_ENV = "AGENTCAPS_POLICY_DIR"
-GATEWAY_POLICY_DIR_ENV = "AGENTCAPS_GATEWAY_POLICY_DIR"
 GATEWAY_SUBFOLDER = "gateway"
-
-
-def policy_dirs_from_env(env: Mapping[str, str] | None = None) -> tuple[Path | None, Path | None]:
-    """AGENTCAPS_POLICY_DIR and AGENTCAPS_GATEWAY_POLICY_DIR, as given (None when unset or empty).
-
-    Until Settings has `policy_dir` and `gateway_policy_dir`, this is where they are read.
-    """
-    env = os.environ if env is None else env
-    mint = env.get(POLICY_DIR_ENV) or None
-    gateway = env.get(GATEWAY_POLICY_DIR_ENV) or None
-    return (Path(mint) if mint else None, Path(gateway) if gateway else None)
 
 
 def gateway_dir_for(policy_dir: Path | None, gateway_policy_dir: Path | None) -> Path | None:
@@ -79,25 +65,16 @@ class Policies:
         return cls(engine, gateway)
 
     @classmethod
-    def from_env(
-        cls,
-        env: Mapping[str, str] | None = None,
-        *,
-        policy_dir: str | Path | None = None,
-        max_ttl: int = DEFAULT_MAX_TTL,
-    ) -> Policies:
-        """`load` with the folders of AGENTCAPS_POLICY_DIR and AGENTCAPS_GATEWAY_POLICY_DIR.
-
-        `policy_dir` (a `--policy-dir` option) overrides AGENTCAPS_POLICY_DIR.
+    def from_settings(cls, settings: Settings, *, policy_dir: str | Path | None = None) -> Policies:
+        """`load` with a deployment's settings; `policy_dir` (`--policy-dir`) overrides theirs.
 
         Raises:
             PolicyError: as `load`.
         """
-        env_dir, gateway_dir = policy_dirs_from_env(env)
         return cls.load(
-            policy_dir=policy_dir if policy_dir is not None else env_dir,
-            gateway_policy_dir=gateway_dir,
-            max_ttl=max_ttl,
+            policy_dir=policy_dir if policy_dir is not None else settings.policy_dir,
+            gateway_policy_dir=settings.gateway_policy_dir,
+            max_ttl=settings.max_ttl,
         )
 
     @property

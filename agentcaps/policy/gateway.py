@@ -24,6 +24,7 @@ from agentcaps.policy.decision import PolicyDecision
 from agentcaps.policy.policyset import PolicySet
 from agentcaps.policy.schema import PolicyKind
 from agentcaps.policy.store import PolicyStore
+from agentcaps.verify import Verifier
 
 DEFAULT_CACHE_SIZE = 10_000
 
@@ -167,3 +168,45 @@ def apply_gateway_policy(
     if verdict.allowed:
         return GatewayOutcome(decision, verdict)
     return GatewayOutcome(decision._replace(allowed=False, reason=Reason.POLICY_DENIED), verdict)
+
+
+class PolicedVerifier:
+    """A Verifier whose allows also pass the gateway policy: what a gateway decides with.
+
+    `verify` has Verifier.verify's signature and contract (a Decision for any
+    token, never an exception for the token); an allow that the gateway
+    policy forbids comes back as a deny with reason `policy_denied`.
+    """
+
+    def __init__(
+        self, verifier: Verifier, gateway: GatewayPolicy | None, clock: Callable[[], float]
+    ) -> None:
+        self.verifier = verifier
+        self.gateway = gateway
+        self._clock = clock
+
+    def verify(
+        self,
+        token: object,
+        *,
+        resource: str,
+        action: str,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> Decision:
+        """Verifier.verify, then the gateway policy for an allowed request."""
+        decision = self.verifier.verify(
+            token, resource=resource, action=action, purpose=purpose, actor=actor
+        )
+        return apply_gateway_policy(
+            self.gateway,
+            decision,
+            resource=resource,
+            action=action,
+            purpose=purpose,
+            now=int(self._clock()),
+        ).decision
+
+    def authenticate(self, token: object) -> Decision:
+        """Verifier.authenticate: no policy applies to authenticity."""
+        return self.verifier.authenticate(token)

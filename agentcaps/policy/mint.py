@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentcaps.mint import DEFAULT_MAX_TTL
+from agentcaps.mint import DEFAULT_MAX_TTL, MintedToken, Minter
 from agentcaps.policy.decision import PolicyDecision
 from agentcaps.policy.schema import PolicyKind, default_mint_policy
 from agentcaps.policy.store import PolicyStore
@@ -147,3 +147,60 @@ class PolicyEngine:
         """
         request, entities = mint_request(issuer, grant, now)
         return self.store.current.decide(request, entities)
+
+
+def mint_with_policy(
+    minter: Minter,
+    engine: PolicyEngine,
+    issuer: MintIssuer,
+    *,
+    customer: str,
+    user: str,
+    agent: str,
+    resources: Sequence[str],
+    actions: Sequence[str],
+    purposes: Sequence[str],
+    ttl: int,
+    audience: Sequence[str] | None = None,
+    max_delegations: int | None = None,
+    not_before: int | None = None,
+) -> tuple[MintedToken, PolicyDecision]:
+    """Check a mint, ask the mint policy about it, then sign the very token it judged.
+
+    The one path every mint of an agent token takes, over HTTP and from the
+    CLI. The deployment's hard limits (names, the maximum ttl) are checked
+    first, so a request that could never be minted is invalid, not denied.
+
+    Raises:
+        InvalidArgument: a value that cannot go into a token.
+        PolicyDenied: the policy does not allow it (nothing is signed).
+        StoreUnavailable: the key store did not answer.
+    """
+    plan = minter.plan(
+        customer=customer,
+        user=user,
+        agent=agent,
+        resources=resources,
+        actions=actions,
+        purposes=purposes,
+        ttl=ttl,
+        audience=audience,
+        max_delegations=max_delegations,
+        not_before=not_before,
+    )
+    grant = MintGrant(
+        token_id=plan.token_id.hex(),
+        customer=customer,
+        user=user,
+        agent=agent,
+        resources=tuple(resources),
+        actions=tuple(actions),
+        purposes=tuple(purposes),
+        ttl=ttl,
+        audience=tuple(audience or ()),
+        max_delegations=max_delegations,
+    )
+    decision = engine.authorize_mint(issuer, grant, plan.issued_at)
+    if not decision.allowed:
+        raise decision.refusal()
+    return minter.sign(plan), decision

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcaps.config import Settings
 from agentcaps.policy import (
     MintGrant,
     MintIssuer,
@@ -218,20 +219,20 @@ def test_sighup_reloads_the_stores(folder):
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_policies_from_env_use_the_folders_and_find_gateway_inside(folder, tmp_path):
+def test_policies_from_settings_use_the_folders_and_find_gateway_inside(folder, tmp_path):
     """AGENTCAPS_POLICY_DIR loads the folder; its gateway/ subfolder becomes the gateway policy."""
     (folder / "gateway").mkdir()
     write(folder / "gateway", "forbid (principal, action, resource);\n")
-    policies = Policies.from_env({"AGENTCAPS_POLICY_DIR": str(folder)})
+    policies = Policies.from_settings(Settings.from_env({"AGENTCAPS_POLICY_DIR": str(folder)}))
     assert policies.engine.store.directory == folder
     assert policies.gateway is not None and policies.gateway.store.directory == folder / "gateway"
     status = policies.status()
     assert status["ok"] and status["mint"]["version"] == policies.engine.version
 
 
-def test_policies_from_empty_env_are_the_builtin_default_without_gateway():
+def test_policies_from_default_settings_are_the_builtin_default_without_gateway():
     """No folders configured: the built-in mint policy for max_ttl, no gateway policy."""
-    policies = Policies.from_env({}, max_ttl=120)
+    policies = Policies.from_settings(Settings(max_ttl=120))
     assert policies.gateway is None
     assert "resource.ttl <= 120" in policies.engine.store.current.files[0].text
     assert policies.status()["gateway"] is None
@@ -241,4 +242,4 @@ def test_explicit_gateway_dir_wins_and_a_missing_one_fails(folder, tmp_path):
     """AGENTCAPS_GATEWAY_POLICY_DIR is used as given; a folder that is not there is an error."""
     env = {"AGENTCAPS_GATEWAY_POLICY_DIR": str(tmp_path / "missing")}
     with pytest.raises(PolicyError, match="no such policy folder"):
-        Policies.from_env(env)
+        Policies.from_settings(Settings.from_env(env))
