@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# redis-cli: deploy/redis/start-local-{cluster,sentinel}.sh build the Cluster
+# and Sentinel groups the integration tests run against.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 # nginx lives in /usr/sbin, which a non-root PATH may lack.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v curl >/dev/null 2>&1 || missing+=(curl)

@@ -6,19 +6,36 @@ revocation epoch agentcaps keeps there, and judges each one: `ok`, `warn`
 (works, with a risk worth knowing) or `fail` (revocations can be lost or
 silently ignored). It returns structured results; `agentcaps.cli` prints them.
 It needs no master key: it reads no root key.
+
+Each topology adds what its own safety rests on. Sentinel: the sentinels
+answer and agree, a primary is known and reachable, there are replicas to
+promote, each of them as durable as the primary, and the primary refuses
+writes it cannot replicate (min-replicas-to-write). Cluster: every slot is
+served, the master of agentcaps' slot (and its replicas) persist, and no
+master evicts (a resharding or failover can move the slot to any of them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
-from agentcaps.config import redact_url
 from agentcaps.errors import StoreUnavailable
-from agentcaps.stores.redis import Layout, RedisRevocationStore, _client
+from agentcaps.stores.redis import (
+    _ERRORS,
+    Client,
+    Layout,
+    RedisRevocationStore,
+    StoreAddress,
+    open_client,
+    open_sentinels,
+    parse_store_url,
+    redact_url,
+)
 
 MIN_VERSION = (6, 2)
 
@@ -200,6 +217,41 @@ def check_epoch(meta: dict[str, str], has_keys: bool) -> Check:
     return Check("epoch", Status.OK, finding)
 
 
+def check_min_replicas(config: dict[str, str] | None, replicas: int) -> Check:
+    """min-replicas-to-write: a primary that lost its replicas should refuse writes, not acknowledge them alone."""
+    if config is None:
+        return Check(
+            "min-replicas",
+            Status.WARN,
+            "min-replicas-to-write cannot be read (CONFIG is disabled on this server)",
+            "make sure min-replicas-to-write is at least 1",
+        )
+    wanted = int(config.get("min-replicas-to-write", "0") or 0)
+    if wanted == 0:
+        return Check(
+            "min-replicas",
+            Status.WARN,
+            "min-replicas-to-write 0: a primary cut off from its replicas goes on acknowledging "
+            "revocations on its own copy, which a failover then loses (verifiers that saw them "
+            "fail closed until an operator recovers)",
+            "set min-replicas-to-write 1 and min-replicas-max-lag 10 (or AGENTCAPS_WAIT_REPLICAS=1)",
+        )
+    if replicas <= wanted:
+        return Check(
+            "min-replicas",
+            Status.WARN,
+            f"min-replicas-to-write {wanted} with {replicas} replica(s): revocations are never "
+            f"acknowledged on fewer than {wanted + 1} copies, but losing one replica stops them",
+            f"run at least {wanted + 1} replicas",
+        )
+    return Check(
+        "min-replicas",
+        Status.OK,
+        f"min-replicas-to-write {wanted} with {replicas} replicas: a primary that loses its "
+        "replicas refuses revocations instead of acknowledging them on one copy",
+    )
+
+
 def _config(client: redis.Redis) -> dict[str, str] | None:
     try:
         raw = client.config_get("*")
@@ -213,48 +265,420 @@ def _config(client: redis.Redis) -> dict[str, str] | None:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """What one Redis server said about itself."""
+
+    name: str  # host:port
+    info: dict[str, Any]
+    config: dict[str, str] | None
+
+
+def _read(client: redis.Redis, name: str) -> _Node:
+    return _Node(name, client.info(), _config(client))
+
+
+def _per_node(name: str, findings: list[tuple[str, Check]]) -> Check:
+    """One check standing for several nodes': the worst status; nodes that agree share one finding."""
+    order = [Status.OK, Status.WARN, Status.FAIL]
+    worst = max((c for _, c in findings), key=lambda c: order.index(c.status))
+    grouped: dict[str, list[str]] = {}
+    for node, check in findings:
+        grouped.setdefault(check.finding, []).append(node)
+    text = "; ".join(f"{', '.join(nodes)}: {finding}" for finding, nodes in grouped.items())
+    return Check(name, worst.status, text, worst.fix)
+
+
+def _epoch(client: Client, layout: Layout) -> Check:
+    store = RedisRevocationStore(client, layout=layout, max_lifetime=1, count_replicas=False)
+    meta = store.meta()
+    try:
+        has_keys = bool(client.exists(layout.keys_index))
+    except _ERRORS as exc:
+        raise StoreUnavailable(type(exc).__name__) from None
+    return check_epoch(meta, has_keys)
+
+
+def _replica_nodes(primary: _Node, timeout: float) -> list[_Node | str]:
+    """Each replica the primary streams to, read directly (or its name, where it does not answer)."""
+    out: list[_Node | str] = []
+    for key, value in sorted(primary.info.items()):
+        if not (key.startswith("slave") and key[5:].isdigit() and isinstance(value, dict)):
+            continue
+        name = f"{value.get('ip')}:{value.get('port')}"
+        client = redis.Redis(
+            host=str(value.get("ip")),
+            port=int(value.get("port", 0)),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        try:
+            out.append(_read(client, name))
+        except _ERRORS:
+            out.append(name)
+        finally:
+            client.close()
+    return out
+
+
+def _replica_safety(replicas: list[_Node | str]) -> Check:
+    """Every replica may be promoted: each needs the primary's persistence and noeviction."""
+    findings: list[tuple[str, Check]] = []
+    for replica in replicas:
+        if isinstance(replica, str):
+            findings.append(
+                (
+                    replica,
+                    Check(
+                        "replicas",
+                        Status.WARN,
+                        "does not answer, so its settings are unknown",
+                        "check that every replica runs and is reachable from here",
+                    ),
+                )
+            )
+            continue
+        persistence = check_persistence(replica.config, replica.info)
+        eviction = check_eviction(replica.info)
+        if persistence.status is Status.OK and eviction.status is Status.OK:
+            findings.append(
+                (
+                    replica.name,
+                    Check(
+                        "replicas",
+                        Status.OK,
+                        f"{persistence.finding.split(':')[0]} and noeviction, like a primary: "
+                        "it can be promoted without losing revocations",
+                    ),
+                )
+            )
+            continue
+        findings.extend(
+            (replica.name, check)
+            for check in (persistence, eviction)
+            if check.status is not Status.OK
+        )
+    return _per_node("replicas", findings)
+
+
+def _unreachable(url: str, exc: Exception) -> list[Check]:
+    return [
+        Check(
+            "connection",
+            Status.FAIL,
+            f"cannot reach Redis at {redact_url(url)} ({type(exc).__name__})",
+            "check the URL, that the server runs, and that this host may connect",
+        )
+    ]
+
+
 def diagnose(url: str, *, timeout: float = 1.0, namespace: str = "agentcaps") -> list[Check]:
     """Check the Redis at `url` for what revocation safety needs; one Check per aspect.
 
-    An unreachable server gives a single failed `connection` check.
+    A single server, a Sentinel group (`redis+sentinel://`) and a Cluster
+    (`redis+cluster://`) each get the checks their safety rests on. An
+    unreachable store gives a failed `connection` (or `sentinels`) check.
 
     Raises:
         ConfigError: `url` is not a Redis URL.
     """
-    client = _client(url, timeout)
+    address = parse_store_url(url)
+    layout = Layout(namespace)
+    if address.topology == "sentinel":
+        return _diagnose_sentinel(address, timeout, layout)
+    if address.topology == "cluster":
+        return _diagnose_cluster(address, timeout, layout)
+    return _diagnose_single(address, timeout, layout)
+
+
+def _diagnose_single(address: StoreAddress, timeout: float, layout: Layout) -> list[Check]:
+    client, close = open_client(address, timeout)
+    assert isinstance(client, redis.Redis)
     try:
         try:
             client.ping()
             info = client.info()
-        except redis.RedisError as exc:
-            return [
-                Check(
-                    "connection",
-                    Status.FAIL,
-                    f"cannot reach Redis at {redact_url(url)} ({type(exc).__name__})",
-                    "check the URL, that the server runs, and that this host may connect",
-                )
-            ]
-        checks = [Check("connection", Status.OK, f"reached {redact_url(url)}")]
+        except _ERRORS as exc:
+            return _unreachable(address.url, exc)
+        checks = [Check("connection", Status.OK, f"reached {redact_url(address.url)}")]
         checks.append(check_version(info))
         try:
             config = _config(client)
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             return checks + [_lost(exc)]
         checks.append(check_persistence(config, info))
         checks.append(check_eviction(info))
         checks.append(check_replication(info))
-        layout = Layout(namespace)
-        store = RedisRevocationStore(client, layout=layout, max_lifetime=1, count_replicas=False)
         try:
-            meta = store.meta()
-            has_keys = bool(client.exists(layout.keys_index))
-        except (StoreUnavailable, redis.RedisError) as exc:
+            checks.append(_epoch(client, layout))
+        except (StoreUnavailable, *_ERRORS) as exc:
             return checks + [_lost(exc)]
-        checks.append(check_epoch(meta, has_keys))
         return checks
     finally:
-        client.close()
+        close()
+
+
+def _diagnose_sentinel(address: StoreAddress, timeout: float, layout: Layout) -> list[Check]:
+    service = address.service
+    sentinels = open_sentinels(address, timeout)
+    try:
+        views: list[dict[str, Any]] = []
+        silent: list[str] = []
+        for (host, port), sentinel in zip(address.hosts, sentinels.sentinels, strict=True):
+            try:
+                masters = cast("dict[str, dict[str, Any]]", sentinel.sentinel_masters())
+            except _ERRORS:
+                silent.append(f"{host}:{port}")
+                continue
+            views.append(
+                {"at": f"{host}:{port}", "state": masters.get(service), "client": sentinel}
+            )
+        answered = len(views)
+        if not answered:
+            return [
+                Check(
+                    "sentinels",
+                    Status.FAIL,
+                    f"none of the {len(address.hosts)} sentinel(s) in the URL answers",
+                    "check the sentinel addresses, that they run, and that this host may connect",
+                )
+            ]
+        knowing = [v for v in views if v["state"]]
+        if not knowing:
+            return [
+                Check(
+                    "sentinels",
+                    Status.FAIL,
+                    f"{answered} sentinel(s) answer but none monitors a service named {service!r}",
+                    "use the name of `sentinel monitor NAME …` as the URL's service",
+                )
+            ]
+        checks = [_sentinel_check(address, views, knowing, silent)]
+        try:
+            primary_host, primary_port = sentinels.discover_master(service)  # type: ignore[no-untyped-call]
+        except _ERRORS as exc:
+            return checks + [
+                Check(
+                    "primary",
+                    Status.FAIL,
+                    f"the sentinels know no healthy primary for {service!r} ({type(exc).__name__}): "
+                    "verification fails closed until one is promoted",
+                    "check the data nodes and the sentinels' logs",
+                )
+            ]
+        primary_name = f"{primary_host}:{primary_port}"
+        client, close = open_client(address, timeout)
+        try:
+            assert isinstance(client, redis.Redis)
+            try:
+                primary = _read(client, primary_name)
+            except _ERRORS as exc:
+                return checks + [
+                    Check(
+                        "primary",
+                        Status.FAIL,
+                        f"the sentinels name {primary_name} but it does not answer "
+                        f"({type(exc).__name__})",
+                        "check that this host can reach the data nodes at the addresses the "
+                        "sentinels announce",
+                    )
+                ]
+            role = primary.info.get("role")
+            checks.append(
+                Check(
+                    "primary",
+                    Status.OK if role == "master" else Status.FAIL,
+                    f"the sentinels name {primary_name}, which answers as {role}",
+                    ""
+                    if role == "master"
+                    else "wait for the failover to finish, or check Sentinel",
+                )
+            )
+            checks.extend(_primary_checks(primary, check_replication(primary.info)))
+            replicas = _replica_nodes(primary, timeout)
+            if not replicas:
+                checks.append(
+                    Check(
+                        "replicas",
+                        Status.WARN,
+                        "no replica: Sentinel has nothing to promote, so a failure of the primary "
+                        "stops revocations (and fails verification closed) until it returns",
+                        "run at least two replicas",
+                    )
+                )
+            else:
+                checks.append(_replica_safety(replicas))
+            checks.append(check_min_replicas(primary.config, len(replicas)))
+            try:
+                checks.append(_epoch(client, layout))
+            except (StoreUnavailable, *_ERRORS) as exc:
+                checks.append(_lost(exc))
+            return checks
+        finally:
+            close()
+    finally:
+        sentinels.close()
+
+
+def _sentinel_check(
+    address: StoreAddress,
+    views: list[dict[str, Any]],
+    knowing: list[dict[str, Any]],
+    silent: list[str],
+) -> Check:
+    service = address.service
+    state = knowing[0]["state"]
+    addresses = {f"{v['state']['ip']}:{v['state']['port']}" for v in knowing}
+    quorum = int(state.get("quorum", 0))
+    total = int(state.get("num-other-sentinels", 0)) + 1
+    try:
+        # Answers "OK …" when the sentinels can reach the quorum and authorize a
+        # failover, a NOQUORUM error (Sentinel's own text) when they cannot.
+        knowing[0]["client"].sentinel_ckquorum(service)
+        ckquorum, quorum_ok = "", True
+    except redis.ResponseError as exc:
+        ckquorum, quorum_ok = str(exc).split(". ")[0], False
+    except _ERRORS as exc:
+        ckquorum, quorum_ok = type(exc).__name__, False
+    finding = (
+        f"{len(views)} of {len(address.hosts)} sentinel(s) answer; they know {total} sentinel(s) "
+        f"watching {service!r}, quorum {quorum}"
+    )
+    if not quorum_ok:
+        return Check(
+            "sentinels",
+            Status.FAIL,
+            f"{finding}; SENTINEL CKQUORUM: {ckquorum}: no failover can be authorized",
+            "run at least three sentinels, on separate machines, with quorum 2",
+        )
+    if len(addresses) > 1:
+        return Check(
+            "sentinels",
+            Status.WARN,
+            f"{finding}; they disagree on the primary ({', '.join(sorted(addresses))})",
+            "wait for the failover to settle, then run doctor again",
+        )
+    if silent or total < 3:
+        why = f"{', '.join(silent)} do(es) not answer" if silent else f"only {total} sentinel(s)"
+        return Check(
+            "sentinels",
+            Status.WARN,
+            f"{finding}; {why}",
+            "run at least three sentinels, on separate machines, and list them all in the URL",
+        )
+    return Check("sentinels", Status.OK, f"{finding}; failover can be authorized")
+
+
+def _primary_checks(primary: _Node, replication: Check) -> list[Check]:
+    return [
+        check_version(primary.info),
+        check_persistence(primary.config, primary.info),
+        check_eviction(primary.info),
+        replication,
+    ]
+
+
+def _diagnose_cluster(address: StoreAddress, timeout: float, layout: Layout) -> list[Check]:
+    try:
+        client, close = open_client(address, timeout)
+    except StoreUnavailable as exc:
+        return _unreachable(address.url, exc)
+    assert isinstance(client, RedisCluster)
+    try:
+        checks = [
+            Check("connection", Status.OK, f"reached the cluster at {redact_url(address.url)}")
+        ]
+        try:
+            masters = [
+                _read(client.get_redis_connection(node), node.name)
+                for node in client.get_primaries()  # type: ignore[no-untyped-call]
+            ]
+            cluster_info = client.cluster_info(target_nodes=RedisCluster.RANDOM)
+        except _ERRORS as exc:
+            return checks + [_lost(exc)]
+        state = str(cluster_info.get("cluster_state", "?"))
+        slots_ok = int(cluster_info.get("cluster_slots_ok", 0))
+        if state == "ok" and slots_ok == 16384:
+            checks.append(
+                Check(
+                    "cluster",
+                    Status.OK,
+                    f"cluster_state ok, all 16384 slots served, {len(masters)} masters",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "cluster",
+                    Status.FAIL,
+                    f"cluster_state {state}, {slots_ok} of 16384 slots served: the cluster refuses "
+                    "commands, so verification fails closed",
+                    "assign every slot (redis-cli --cluster fix) and bring failed masters back",
+                )
+            )
+        try:
+            node = client.get_node_from_key(layout.rv)  # type: ignore[no-untyped-call]
+        except _ERRORS as exc:
+            return checks + [_lost(exc)]
+        slot = client.keyslot(layout.rv)  # type: ignore[no-untyped-call]
+        home = next((m for m in masters if m.name == node.name), None)
+        if home is None:
+            return checks + [_lost(RuntimeError("slot master not among the masters"))]
+        replicas = _replica_nodes(home, timeout)
+        checks.append(
+            Check(
+                "slot",
+                Status.OK,
+                f"agentcaps' keys (hash tag {{ac}}) live in slot {slot}, on master {home.name} "
+                f"with {len(replicas)} replica(s)",
+            )
+        )
+        lowest = min(masters, key=lambda m: _version(str(m.info.get("redis_version", "0"))))
+        checks.append(check_version(lowest.info))
+        # The slot's master and its replicas (which a failover promotes) must persist.
+        persistence = [(home.name, check_persistence(home.config, home.info))]
+        persistence.extend(
+            (r.name, check_persistence(r.config, r.info)) for r in replicas if isinstance(r, _Node)
+        )
+        checks.append(_per_node("persistence", persistence))
+        evicting = [m for m in masters if m.info.get("maxmemory_policy") != "noeviction"]
+        if evicting:
+            names = ", ".join(f"{m.name} ({m.info.get('maxmemory_policy')})" for m in evicting)
+            checks.append(
+                Check(
+                    "eviction",
+                    Status.FAIL,
+                    f"masters that may evict keys: {names}; a resharding or failover can move "
+                    "agentcaps' slot onto any master",
+                    "set maxmemory-policy noeviction on every node",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "eviction",
+                    Status.OK,
+                    f"maxmemory-policy noeviction on all {len(masters)} masters",
+                )
+            )
+        replication = check_replication(home.info)
+        if not replicas:
+            replication = Check(
+                "replication",
+                Status.WARN,
+                f"the slot's master {home.name} has no replica: if it fails, agentcaps' slot is "
+                "down (verification fails closed) until it returns",
+                "give every master at least one replica",
+            )
+        checks.append(replication)
+        checks.append(check_min_replicas(home.config, len(replicas)))
+        try:
+            checks.append(_epoch(client, layout))
+        except (StoreUnavailable, *_ERRORS) as exc:
+            checks.append(_lost(exc))
+        return checks
+    finally:
+        close()
 
 
 def _lost(exc: Exception) -> Check:

@@ -4,6 +4,13 @@
 default), so there is one implementation to trust. Redis errors become
 StoreUnavailable here, at the edge; no other module sees a Redis type.
 
+Topologies. `redis://`, `rediss://` and `unix://` reach one server;
+`redis+sentinel://` reaches the primary that Redis Sentinel names (and finds
+the new one after a failover); `redis+cluster://` reaches a Redis Cluster.
+The same code runs on all three: every key below shares one hash tag, so on a
+Cluster they live in one slot, and the scripts, pipelines and WAIT all go to
+the one primary that holds it.
+
 Layout. Every key carries one hash tag, so on Redis Cluster they share a slot
 and the Lua scripts below can change several of them atomically:
 
@@ -29,9 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import secrets
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +50,13 @@ import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-from agentcaps.config import MASTER_KEY_BYTES, MEMORY_URL, Settings, redact_url
+from agentcaps.config import MASTER_KEY_BYTES, MEMORY_URL, Settings
+from agentcaps.config import redact_url as _redact_url
 from agentcaps.decision import Reason
 from agentcaps.errors import (
     ConfigError,
@@ -69,6 +82,12 @@ from agentcaps.verify import Verifier
 log = logging.getLogger("agentcaps.stores")
 
 Clock = Callable[[], float]
+# A client of one server (or of the primary Sentinel names), or of a Cluster.
+Client = redis.Redis | RedisCluster
+
+# What a Redis client raises: a Cluster client also raises errors that are not
+# RedisError (no reachable node, an uncovered slot).
+_ERRORS = (redis.RedisError, RedisClusterException)
 
 _PLATFORM = ""  # the owner name of platform keys in keys:active
 _CHECK_PLAINTEXT = b"agentcaps master key check v1"
@@ -163,7 +182,13 @@ return ARGV[1]
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     # The message names the failure class only: Redis errors can echo
-    # arguments, and arguments can be secrets.
+    # arguments, and arguments can be secrets. NOREPLICAS is Redis's own fixed
+    # text, and worth telling the operator.
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOREPLICAS"):
+        return StoreUnavailable(
+            "Redis refuses writes while too few replicas are connected "
+            "(min-replicas-to-write); nothing was recorded"
+        )
     return StoreUnavailable(f"Redis unavailable ({type(exc).__name__})")
 
 
@@ -240,7 +265,7 @@ class RedisKeyStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         master_key: bytes,
         *,
         layout: Layout,
@@ -293,7 +318,7 @@ class RedisKeyStore:
                 sealed = nonce + self._aead.encrypt(nonce, _CHECK_PLAINTEXT, b"check")
                 self._client.set(self._layout.keys_check, sealed, nx=True)
                 stored = cast("bytes | None", self._client.get(self._layout.keys_check))
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         if stored is None:
             # Written, then gone before it could be read back: the store is losing data.
@@ -311,7 +336,7 @@ class RedisKeyStore:
     def _load(self, kid: str) -> RootKey | None:
         try:
             record = cast("dict[bytes, bytes]", self._client.hgetall(self._layout.key(kid)))
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         if not record:
             return None
@@ -367,7 +392,7 @@ class RedisKeyStore:
         """Every key, newest first."""
         try:
             kids = cast("list[bytes]", self._client.zrevrange(self._layout.keys_index, 0, -1))
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         keys = (self._load(kid.decode()) for kid in kids)
         return [k for k in keys if k is not None]
@@ -392,7 +417,7 @@ class RedisKeyStore:
                     "1" if only_if_absent else "0",
                 ],
             )
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         active_kid = active.decode()
         if active_kid != kid:
@@ -411,7 +436,7 @@ class RedisKeyStore:
             kid = cast(
                 "bytes | None", self._client.hget(self._layout.keys_active, customer or _PLATFORM)
             )
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         if kid is None:
             return self._activate_new(customer, only_if_absent=True)
@@ -476,7 +501,7 @@ class RedisRevocationStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         layout: Layout,
         clock: Clock = time.time,
@@ -485,7 +510,7 @@ class RedisRevocationStore:
         wait_replicas: int | None = None,
         wait_timeout: float = 1.0,
         count_replicas: bool = True,
-        write_client: redis.Redis | None = None,
+        write_client: Client | None = None,
     ) -> None:
         self._client = client
         self._write_client = write_client or client
@@ -514,7 +539,7 @@ class RedisRevocationStore:
                 "list[bytes | None]",
                 self._client.hmget(self._layout.rv_meta, "epoch", "recovery", "seq"),
             )
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         self.watch.observe(epoch, recovery, seq, floor)
 
@@ -531,7 +556,7 @@ class RedisRevocationStore:
         recovered = max(int(self._clock() * 1000), self.watch.recovered + 1)
         try:
             self._client.hset(self._layout.rv_meta, mapping={"epoch": epoch, "recovery": recovered})
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         self.watch.observe(epoch.encode(), str(recovered).encode(), None, 0)
         return epoch
@@ -556,11 +581,18 @@ class RedisRevocationStore:
         else:
             self.watch.observe(epoch, recovery, seq, floor)
 
+    def ping(self) -> bool:
+        """True when the server holding the revocations answers (on a Cluster: its slot's primary)."""
+        try:
+            return bool(_server_of(self._client, self._layout.rv).ping())
+        except _ERRORS:
+            return False
+
     def meta(self) -> dict[str, str]:
         """The raw rv:meta hash, for `doctor` and readiness."""
         try:
             raw = cast("dict[bytes, bytes]", self._client.hgetall(self._layout.rv_meta))
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         return {k.decode(): v.decode() for k, v in raw.items()}
 
@@ -595,14 +627,17 @@ class RedisRevocationStore:
 
         The script and its WAIT go down one connection, in one pipeline: WAIT
         confirms the writes of the connection it is sent on, so a WAIT sent on
-        another pooled connection could confirm an older write instead.
+        another pooled connection could confirm an older write instead. On a
+        Cluster that connection is to the primary of the control-plane slot
+        itself (a Cluster client would send WAIT to some other node).
         """
         self.ensure_epoch()
-        wanted = self._replicas_to_wait_for()
         layout = self._layout
         assert revocation.expires_at is not None
         try:
-            pipe = self._write_client.pipeline(transaction=False)
+            server = _server_of(self._write_client, layout.rv)
+            wanted = self._replicas_to_wait_for(server)
+            pipe = server.pipeline(transaction=False)
             script(
                 keys=[layout.rv, layout.rv_expiry, layout.rv_meta, layout.rv_events, *extra_keys],
                 args=[
@@ -627,8 +662,11 @@ class RedisRevocationStore:
             if "AGENTCAPS_NO_EPOCH" in text or "AGENTCAPS_EPOCH_CHANGED" in text:
                 # The store lost its data between our epoch check and the write.
                 self.ensure_epoch()
+            elif not text.startswith("NOREPLICAS"):
+                _relearn_topology(self._write_client)  # MOVED, CLUSTERDOWN: a slot moved
             raise _unavailable(exc) from None
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
+            _relearn_topology(self._write_client)
             raise _unavailable(exc) from None
         seq = int(replies[0])
         self.watch.advance(seq)
@@ -640,16 +678,13 @@ class RedisRevocationStore:
             )
         return seq
 
-    def _replicas_to_wait_for(self) -> int:
-        """How many replicas must confirm a write: as configured, else as many as are connected."""
+    def _replicas_to_wait_for(self, server: redis.Redis) -> int:
+        """How many replicas must confirm a write: as configured, else as many as `server` has connected."""
         if self._wait_replicas is not None:
             return max(0, self._wait_replicas)
         if not self._count_replicas:
             return 0
-        try:
-            info = self._client.info("replication")
-        except redis.RedisError as exc:
-            raise _unavailable(exc) from None
+        info = server.info("replication")
         return int(info.get("connected_slaves", 0))
 
     def revoke(self, revocation: Revocation) -> Revocation:
@@ -682,7 +717,7 @@ class RedisRevocationStore:
             pipe.hmget(self._layout.rv, fields)
             self._read_meta(pipe)
             values, (epoch, recovery, seq) = pipe.execute()
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         self.observe(epoch, recovery, seq, floor)
         return RevocationIndex.of(zip(fields, values)).check(facts)
@@ -703,7 +738,7 @@ class RedisRevocationStore:
             for f, v in self._client.hscan_iter(self._layout.rv, count=_SCAN_COUNT):
                 if entry_times(v)[1] > now:
                     out[f] = v
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         return out
 
@@ -716,7 +751,7 @@ class RedisRevocationStore:
             self._read_meta(pipe)
             pipe.xrevrange(layout.rv_events, count=1)
             (epoch, recovery, seq), last = pipe.execute()
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise _unavailable(exc) from None
         self.observe(epoch, recovery, seq, floor)
         return epoch, recovery, int(seq or 0), last[0][0] if last else b"0-0"
@@ -736,7 +771,7 @@ class ReplicaRevocationStore:
     def __init__(
         self,
         store: RedisRevocationStore,
-        follow_client: redis.Redis,
+        follow_client: Client,
         *,
         layout: Layout,
         staleness: float = 2.0,
@@ -867,7 +902,7 @@ class ReplicaRevocationStore:
                 self._reload_needed = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
-            except (redis.RedisError, StoreUnavailable) as exc:
+            except (*_ERRORS, StoreUnavailable) as exc:
                 log.warning(
                     "revocation replica cannot reach Redis (%s); retrying", type(exc).__name__
                 )
@@ -890,7 +925,7 @@ class Stores:
 
     url: str
     settings: Settings
-    client: redis.Redis
+    client: Client
     keys: RedisKeyStore
     revocations: RedisRevocationStore | ReplicaRevocationStore
     store: RedisRevocationStore
@@ -917,11 +952,8 @@ class Stores:
         return Verifier(self.keys, self.revocations, **options)
 
     def ping(self) -> bool:
-        """True when Redis answers."""
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
+        """True when the Redis server holding the keys and revocations answers."""
+        return self.store.ping()
 
     def close(self) -> None:
         """Stop background work and close connections."""
@@ -930,24 +962,210 @@ class Stores:
         self._closers.clear()
 
 
-def _client(url: str, timeout: float, *, read_timeout: float | None = None) -> redis.Redis:
-    if url == MEMORY_URL:
-        raise AssertionError("memory:// has no network client")
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("a store URL starts with redis://, rediss://, unix:// or is memory://")
+SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+_SINGLE_SCHEMES = ("redis://", "rediss://", "unix://")
+_DEFAULT_PORTS = {SENTINEL_SCHEME: 26379, CLUSTER_SCHEME: 6379}
+
+
+def redact_url(url: str) -> str:
+    """`url` without its passwords: config.redact_url's, and a Sentinel URL's `sentinel_password=`."""
+    return re.sub(r"([?&]sentinel_password=)[^&#]*", r"\1***", _redact_url(url))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAddress:
+    """Where a store URL points: one server, the primary a Sentinel group names, or a Cluster.
+
+    `redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`
+    names the sentinels and the service (the master name they monitor); the
+    credentials are the data nodes', and `?sentinel_username=&sentinel_password=`
+    are the sentinels' own, if they need any. `redis+cluster://[user:password@]
+    host:port[,host:port...]` names nodes to learn the cluster's layout from.
+    """
+
+    topology: str  # "single", "sentinel" or "cluster"
+    url: str = dataclasses.field(repr=False)
+    hosts: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):  # [::1]:26379
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise ConfigError("a store URL names a host without a name")
     try:
-        return redis.Redis.from_url(
-            url,
-            socket_timeout=read_timeout or timeout,
-            socket_connect_timeout=timeout,
-            # Fail fast and closed: a retry would only stretch the time a
-            # request waits for an answer that decides nothing new.
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ConfigError("a store URL's port must be a number") from None
+    if not 0 < port < 65536:
+        raise ConfigError("a store URL's port must be between 1 and 65535")
+    return host, port
+
+
+def parse_store_url(url: str) -> StoreAddress:
+    """What a store URL names; see StoreAddress for the Sentinel and Cluster forms.
+
+    Raises:
+        ConfigError: not a store URL, or one that cannot be used as given.
+            The message never repeats the URL (it may hold a password).
+    """
+    if url == MEMORY_URL:
+        raise ConfigError("memory:// has no network client")
+    if url.startswith(_SINGLE_SCHEMES):
+        return StoreAddress("single", url)
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in (SENTINEL_SCHEME, CLUSTER_SCHEME):
+        raise ConfigError(
+            "a store URL starts with redis://, rediss://, unix://, redis+sentinel://, "
+            "redis+cluster:// or is memory://"
         )
-    except ValueError as exc:
-        raise ConfigError(f"cannot use the store URL: {exc}") from None
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    username = password = None
+    if at:
+        user_text, colon, password_text = userinfo.partition(":")
+        username = urllib.parse.unquote(user_text) or None
+        password = urllib.parse.unquote(password_text) if colon else None
+    hosts = tuple(
+        _host_port(item.strip(), _DEFAULT_PORTS[scheme])
+        for item in hostlist.split(",")
+        if item.strip()
+    )
+    if not hosts:
+        raise ConfigError(f"a {scheme}:// URL names at least one host:port")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    allowed = {"sentinel_username", "sentinel_password"} if scheme == SENTINEL_SCHEME else set()
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise ConfigError(f"a {scheme}:// URL does not take the option(s) {', '.join(unknown)}")
+    segments = [s for s in parts.path.split("/") if s]
+    if scheme == CLUSTER_SCHEME:
+        if segments not in ([], ["0"]):
+            raise ConfigError("a Redis Cluster has only database 0: end the URL at the hosts")
+        return StoreAddress("cluster", url, hosts, username=username, password=password)
+    if not 1 <= len(segments) <= 2:
+        raise ConfigError(
+            "a redis+sentinel:// URL names the service after the hosts: "
+            "redis+sentinel://host:26379,host2:26379/SERVICE[/DB]"
+        )
+    service = urllib.parse.unquote(segments[0])
+    try:
+        db = int(segments[1]) if len(segments) == 2 else 0
+    except ValueError:
+        raise ConfigError("a redis+sentinel:// URL's database must be a number") from None
+    return StoreAddress(
+        "sentinel",
+        url,
+        hosts,
+        service=service,
+        db=db,
+        username=username,
+        password=password,
+        sentinel_username=query.get("sentinel_username", [None])[-1] or None,
+        sentinel_password=query.get("sentinel_password", [None])[-1] or None,
+    )
+
+
+def open_sentinels(address: StoreAddress, timeout: float) -> Sentinel:
+    """redis-py's Sentinel manager for a `redis+sentinel://` address: short timeouts, no retries."""
+    return Sentinel(  # type: ignore[no-untyped-call]
+        list(address.hosts),
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "username": address.sentinel_username,
+            "password": address.sentinel_password,
+        },
+    )
+
+
+def open_client(
+    address: StoreAddress, timeout: float, *, read_timeout: float | None = None
+) -> tuple[Client, Callable[[], None]]:
+    """A client for `address` and the function that closes it (and what it opened).
+
+    Socket and connect timeouts are always set, and nothing is retried: a
+    retry would only stretch the time a request waits for an answer that
+    decides nothing new; verification fails closed instead. A Sentinel client
+    asks the sentinels for the primary whenever it opens a connection, so
+    after a failover it finds the new one by itself. A Cluster client learns
+    the cluster's layout when it is made, and again after a node fails.
+
+    Raises:
+        ConfigError: the URL cannot be used.
+        StoreUnavailable: no node of a Cluster answered.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": read_timeout or timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 0,
+    }
+    if address.topology == "single":
+        try:
+            single = redis.Redis.from_url(
+                address.url, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **options
+            )
+        except ValueError as exc:
+            raise ConfigError(f"cannot use the store URL: {exc}") from None
+        return single, single.close
+    if address.topology == "sentinel":
+        sentinel = open_sentinels(address, timeout)
+        primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            address.service,
+            db=address.db,
+            username=address.username,
+            password=address.password,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+
+        def close() -> None:
+            primary.close()
+            sentinel.close()
+
+        return primary, close
+    try:
+        cluster = RedisCluster(
+            startup_nodes=[
+                ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                for host, port in address.hosts
+            ],
+            username=address.username,
+            password=address.password,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+    except _ERRORS as exc:
+        raise _unavailable(exc) from None
+    return cluster, cluster.close
+
+
+def _server_of(client: Client, key: str) -> redis.Redis:
+    """The client of the one server that holds `key`: `client`, or a Cluster's primary for its slot."""
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return client.get_redis_connection(node)
+    return client
+
+
+def _relearn_topology(client: Client) -> None:
+    """After a failed write on a Cluster, learn its layout again (a slot may have moved)."""
+    if isinstance(client, RedisCluster):
+        try:
+            client.nodes_manager.initialize()
+        except _ERRORS:
+            pass  # nothing answers yet; the next write tries again
 
 
 def connect(
@@ -959,12 +1177,15 @@ def connect(
 ) -> Stores:
     """Open the key and revocation stores at `url`.
 
-    `redis://`, `rediss://` and `unix://` reach a real Redis, with socket and
-    connect timeouts always set (default 250 ms) and no retries. `memory://`
-    (also what no URL means) is the embedded default: this same code over
-    fakeredis in-process, with a warning that nothing persists and, unless one
-    is given, an ephemeral master key. Against a real Redis a master key is
-    required.
+    `redis://`, `rediss://` and `unix://` reach one real Redis;
+    `redis+sentinel://host:26379,host2:26379/SERVICE[/DB]` the primary that
+    Redis Sentinel names for SERVICE, found again after a failover;
+    `redis+cluster://host:6379,host2:6379` a Redis Cluster (see StoreAddress).
+    Socket and connect timeouts are always set (default 250 ms), with no
+    retries. `memory://` (also what no URL means) is the embedded default: this
+    same code over fakeredis in-process, with a warning that nothing persists
+    and, unless one is given, an ephemeral master key. Against a real Redis a
+    master key is required.
 
     Args:
         url: the store URL; defaults to `settings.redis_url`, then memory://.
@@ -974,43 +1195,55 @@ def connect(
 
     Raises:
         ConfigError: a bad URL, or a real Redis without a master key.
+        StoreUnavailable: no node of a Redis Cluster answered (a Cluster
+            client learns the cluster's layout when it is made).
     """
     settings = dataclasses.replace(settings or Settings.from_env(), **overrides)
     url = url or settings.url
     layout = Layout()
     closers: list[Callable[[], None]] = []
+    follow_client: Client | None = None
     if url == MEMORY_URL:
         import fakeredis
 
         warnings.warn(MEMORY_WARNING, NothingPersistsWarning, stacklevel=2)
         server = fakeredis.FakeServer()
-        client: redis.Redis = fakeredis.FakeRedis(server=server)
-        follow_client: redis.Redis = fakeredis.FakeRedis(server=server)
+        client: Client = fakeredis.FakeRedis(server=server)
+        follow_client = fakeredis.FakeRedis(server=server)
+        closers.extend([client.close, follow_client.close])
         master_key = settings.master_key or secrets.token_bytes(MASTER_KEY_BYTES)
         count_replicas = False
         write_client = client
     else:
+        address = parse_store_url(url)
         if settings.master_key is None:
             raise ConfigError(
                 "a real Redis needs a master key to encrypt root keys at rest: set "
                 "AGENTCAPS_MASTER_KEY (64 hex characters) or AGENTCAPS_MASTER_KEY_FILE"
             )
         master_key = settings.master_key
-        client = _client(url, settings.redis_timeout)
-        follow_client = _client(
-            url,
-            settings.redis_timeout,
-            read_timeout=settings.replica_staleness + settings.redis_timeout,
-        )
-        # Writes WAIT for replicas up to _WAIT_TIMEOUT: their socket must
-        # wait that long for the answer (how many confirmed), which the
-        # verification client's short timeout would cut off.
-        write_client = _client(
-            url, settings.redis_timeout, read_timeout=_WAIT_TIMEOUT + settings.redis_timeout
-        )
-        closers.append(write_client.close)
+        timeout = settings.redis_timeout
+        try:
+            client, close = open_client(address, timeout)
+            closers.append(close)
+            # Writes WAIT for replicas up to _WAIT_TIMEOUT: their socket must
+            # wait that long for the answer (how many confirmed), which the
+            # verification client's short timeout would cut off.
+            write_client, close = open_client(
+                address, timeout, read_timeout=_WAIT_TIMEOUT + timeout
+            )
+            closers.append(close)
+            if settings.revocation_mode == "replica":
+                # The follower blocks on the stream for up to a quarter of the bound.
+                follow_client, close = open_client(
+                    address, timeout, read_timeout=settings.replica_staleness + timeout
+                )
+                closers.append(close)
+        except BaseException:
+            for closer in reversed(closers):
+                closer()
+            raise
         count_replicas = True
-    closers.append(client.close)
     store = RedisRevocationStore(
         client,
         layout=layout,
@@ -1025,11 +1258,11 @@ def connect(
     keys = RedisKeyStore(client, master_key, layout=layout, clock=clock, revocations=store)
     revocations: RedisRevocationStore | ReplicaRevocationStore = store
     if settings.revocation_mode == "replica":
+        assert follow_client is not None
         replica = ReplicaRevocationStore(
             store, follow_client, layout=layout, staleness=settings.replica_staleness, clock=clock
         )
         # Closed in reverse: the follower stops before its connection closes.
-        closers.append(follow_client.close)
         closers.append(replica.close)
         revocations = replica
     return Stores(url, settings, client, keys, revocations, store, closers)

@@ -1,4 +1,8 @@
-"""`agentcaps doctor`: what it says about real Redis servers, and how it judges each setting."""
+"""`agentcaps doctor`: what it says about real Redis servers, Sentinel groups and Clusters, and how it judges each setting."""
+
+# The session's Cluster and Sentinel fixtures are imported from tests/integration/topologies.py;
+# a test naming one as an argument is not a redefinition.
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -8,17 +12,21 @@ import sys
 from pathlib import Path
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from agentcaps.config import redact_url
 from agentcaps.stores.doctor import (
     Status,
     check_epoch,
+    check_min_replicas,
     check_persistence,
     check_replication,
     check_version,
 )
 from agentcaps.stores.redis import Layout
 from tests.conftest import RedisServer, real_stores
+from tests.integration.topologies import redis_cluster, sentinel_group  # noqa: F401 - fixtures
+from tests.servers import LocalCluster, LocalSentinelGroup
 
 
 def doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -151,3 +159,119 @@ def test_redact_hides_only_the_password() -> None:
     """URLs are printed with the password replaced and everything else kept."""
     assert redact_url("redis://u:pw@h:6379/0") == "redis://u:***@h:6379/0"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+# -- Sentinel and Cluster ---------------------------------------------------------
+
+
+def test_doctor_passes_the_local_cluster_and_names_agentcaps_slot(
+    redis_cluster: LocalCluster,
+) -> None:
+    """On a healthy cluster: every slot served, the {ac} slot's master durable, no master evicting; exit 0."""
+    result = doctor(redis_cluster.url)
+    assert result.returncode == 0, result.stdout
+    assert line(result, "cluster").split()[0] == "ok" and "16384" in line(result, "cluster")
+    slot = line(result, "slot")
+    assert slot.split()[0] == "ok" and "{ac}" in slot and "1 replica" in slot
+    persistence = line(result, "persistence")
+    assert persistence.split()[0] == "ok" and "appendfsync always" in persistence
+    assert "all 3 masters" in line(result, "eviction")
+    assert line(result, "replication").split()[0] == "ok"
+    # One replica per master with min-replicas-to-write 1: safe, but a lost replica stops writes.
+    assert line(result, "min-replicas").split()[0] == "warn"
+    assert line(result, "epoch").split()[0] == "ok"
+
+
+def test_doctor_fails_a_cluster_where_any_master_may_evict(redis_cluster: LocalCluster) -> None:
+    """A master other than agentcaps' with an evicting policy still fails: the slot can move there."""
+    raw = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", redis_cluster.ports[0])])
+    home = raw.get_node_from_key(Layout().rv)
+    other = next(n for n in raw.get_primaries() if n.name != home.name)
+    client = raw.get_redis_connection(other)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        result = doctor(redis_cluster.url)
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+        raw.close()
+    assert result.returncode == 1
+    eviction = line(result, "eviction")
+    assert eviction.split()[0] == "FAIL" and other.name in eviction and "allkeys-lru" in eviction
+
+
+def test_doctor_fails_an_unreachable_cluster() -> None:
+    """Cluster seeds that do not answer are one FAIL connection line; exit 1."""
+    result = doctor("redis+cluster://:hunter2@127.0.0.1:1,127.0.0.1:2")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert line(result, "connection").split()[0] == "FAIL"
+    assert "hunter2" not in result.stdout
+
+
+def test_doctor_passes_the_local_sentinel_group(sentinel_group: LocalSentinelGroup) -> None:
+    """Through the sentinels: quorum reachable, the primary found and durable, its replica durable too; exit 0."""
+    result = doctor(sentinel_group.url)
+    assert result.returncode == 0, result.stdout
+    sentinels = line(result, "sentinels")
+    assert sentinels.split()[0] == "ok" and "3 of 3" in sentinels and "quorum 2" in sentinels
+    primary = line(result, "primary")
+    assert primary.split()[0] == "ok" and f":{sentinel_group.current_primary()}" in primary
+    assert line(result, "persistence").split()[0] == "ok"
+    assert line(result, "eviction").split()[0] == "ok"
+    replicas = line(result, "replicas")
+    assert replicas.split()[0] == "ok" and f":{sentinel_group.current_replica()}" in replicas
+    assert line(result, "min-replicas").split()[0] == "warn"  # one replica: losing it stops writes
+    assert "WAIT" in line(result, "replication")
+
+
+def test_doctor_warns_when_the_primary_acknowledges_without_replicas(
+    sentinel_group: LocalSentinelGroup,
+) -> None:
+    """min-replicas-to-write 0 warns, advising 1 (or AGENTCAPS_WAIT_REPLICAS)."""
+    with redis.Redis(port=sentinel_group.current_primary()) as primary:
+        primary.config_set("min-replicas-to-write", 0)
+        try:
+            result = doctor(sentinel_group.url)
+        finally:
+            primary.config_set("min-replicas-to-write", 1)
+    advice = line(result, "min-replicas")
+    assert advice.split()[0] == "warn" and "min-replicas-to-write 1" in advice
+
+
+def test_doctor_fails_a_replica_that_could_be_promoted_without_persistence(
+    sentinel_group: LocalSentinelGroup,
+) -> None:
+    """A replica without AOF fails the replicas check: after a failover, revocations would not survive a restart."""
+    port = sentinel_group.current_replica()
+    with redis.Redis(port=port) as replica:
+        replica.config_set("appendonly", "no")
+        replica.config_set("save", "")
+        try:
+            result = doctor(sentinel_group.url)
+        finally:
+            replica.config_set("appendonly", "yes")
+            replica.config_set("save", "3600 1 300 100")
+    assert result.returncode == 1
+    replicas = line(result, "replicas")
+    assert replicas.split()[0] == "FAIL" and f":{port}" in replicas
+
+
+def test_doctor_fails_when_no_sentinel_answers_or_none_knows_the_service(
+    sentinel_group: LocalSentinelGroup,
+) -> None:
+    """No sentinel answering, or none monitoring the URL's service, is a FAIL sentinels line; exit 1."""
+    silent = doctor("redis+sentinel://127.0.0.1:1,127.0.0.1:2/agentcaps")
+    assert silent.returncode == 1 and "Traceback" not in silent.stderr
+    assert line(silent, "sentinels").split()[0] == "FAIL"
+    hosts = ",".join(f"127.0.0.1:{p}" for p in sentinel_group.sentinels)
+    unknown = doctor(f"redis+sentinel://{hosts}/not-monitored")
+    assert unknown.returncode == 1
+    named = line(unknown, "sentinels")
+    assert named.split()[0] == "FAIL" and "not-monitored" in named
+
+
+def test_min_replicas_judgements() -> None:
+    """0 warns; as many as there are replicas warns (one loss stops writes); fewer passes; no CONFIG warns."""
+    assert check_min_replicas({"min-replicas-to-write": "0"}, 2).status is Status.WARN
+    assert check_min_replicas({"min-replicas-to-write": "1"}, 1).status is Status.WARN
+    assert check_min_replicas({"min-replicas-to-write": "1"}, 2).status is Status.OK
+    assert check_min_replicas(None, 2).status is Status.WARN

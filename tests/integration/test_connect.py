@@ -17,9 +17,9 @@ def test_a_real_redis_needs_a_master_key() -> None:
         agentcaps.connect("redis://127.0.0.1:1/0", settings=Settings())
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis+sentinel://h/0", "file:///tmp/x"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "sentinel://h/0", "file:///tmp/x"])
 def test_an_unknown_url_scheme_is_refused(url: str) -> None:
-    """Only redis://, rediss://, unix:// and memory:// are store URLs."""
+    """Only redis://, rediss://, unix://, redis+sentinel://, redis+cluster:// and memory:// are store URLs."""
     with pytest.raises(ConfigError):
         agentcaps.connect(url, settings=Settings(master_key=MASTER_KEY))
 
