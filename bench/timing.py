@@ -79,13 +79,15 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub Markdown table, numbers right-aligned."""
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[object]], *, text: bool = False
+) -> str:
+    """A GitHub Markdown table, numbers right-aligned (every column left-aligned with `text`)."""
 
     def align(cells: Sequence[object]) -> str:
         return "| " + " | ".join(str(c) for c in cells) + " |"
 
-    seps = ["---:" if i else "---" for i in range(len(header))]
+    seps = ["---:" if i and not text else "---" for i in range(len(header))]
     return "\n".join([align(header), align(seps), *(align(r) for r in rows)])
 
 

@@ -24,7 +24,7 @@ import secrets
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jwt
@@ -386,10 +386,22 @@ def connect_memory() -> Any:
         return agentcaps.connect("memory://", settings=Settings(master_key=os.urandom(32)))
 
 
+# More candidates for measure() to time alongside its own four (bench/run.py adds
+# biscuit-python, the bare HMAC chain, a warm signature cache): called with the
+# caveat count and the warm agentcaps token, it returns them each already checked
+# to allow the request; measure sizes their batches unless their loops are set.
+Extra = Callable[[int, str], list[Candidate]]
+
+
 def measure(
-    n: int, rounds: int, batch_ns: float, verifier: agentcaps.Verifier, minter: agentcaps.Minter
+    n: int,
+    rounds: int,
+    batch_ns: float,
+    verifier: agentcaps.Verifier,
+    minter: agentcaps.Minter,
+    extra: Extra | None = None,
 ) -> dict[str, Any]:
-    """Time the four candidates at caveat count `n`; every one must allow first."""
+    """Time the four candidates (and `extra`'s) at caveat count `n`; every one must allow first."""
     now = int(time.time())
     ttl = 3000
     key = secrets.token_bytes(32)
@@ -443,8 +455,10 @@ def measure(
         Candidate("pymacaroons", macaroon_run(macaroon, key)),
         Candidate("PyJWT", jwt_run(token, key, audience)),
     ]
+    if extra is not None:
+        candidates += extra(n, warm)
     for c in candidates:
-        if c.name != "agentcaps cold":
+        if c.name != "agentcaps cold" and c.loops <= 1:
             c.loops = loops_for(estimate_ns(c.run), batch_ns)
     interleave(candidates, rounds)
 
