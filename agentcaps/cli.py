@@ -40,6 +40,7 @@ from agentcaps.mint import Minter
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 
 if TYPE_CHECKING:
+    from agentcaps.audit import AuditEvent, AuditSink
     from agentcaps.client import ServiceClient
     from agentcaps.stores.doctor import Check
     from agentcaps.stores.redis import Stores
@@ -199,6 +200,26 @@ def _open_stores(args: argparse.Namespace) -> Iterator[Stores]:
         stores.close()
 
 
+@contextlib.contextmanager
+def _recording(stores: Stores) -> Iterator[AuditSink | None]:
+    """The deployment's audit recorder for one command, flushed when it ends (none on memory://)."""
+    if stores.memory:
+        yield None
+        return
+    from agentcaps.stores.audit import open_audit
+
+    trail = open_audit(stores)
+    try:
+        yield trail.recorder
+    finally:
+        trail.close()
+
+
+def _record(recorder: AuditSink | None, event: AuditEvent) -> None:
+    if recorder is not None:
+        recorder.record(event)
+
+
 def _store_command(
     handler: Callable[[argparse.Namespace, Stores], int | None],
     check: Callable[[argparse.Namespace], None] | None = None,
@@ -348,7 +369,12 @@ def _report(checks: Sequence[Check]) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace, stores: Stores) -> None:
-    _print_json(stores.keys.create(args.customer).to_dict())
+    from agentcaps.audit import key_event
+
+    with _recording(stores) as recorder:
+        key = stores.keys.create(args.customer)
+        _record(recorder, key_event(time.time(), "create", key, caller=_who()))
+    _print_json(key.to_dict())
 
 
 def cmd_keys_list(args: argparse.Namespace, stores: Stores) -> None:
@@ -356,33 +382,66 @@ def cmd_keys_list(args: argparse.Namespace, stores: Stores) -> None:
 
 
 def cmd_keys_rotate(args: argparse.Namespace, stores: Stores) -> None:
-    _print_json(stores.keys.rotate(args.kid).to_dict())
+    from agentcaps.audit import key_event
+
+    with _recording(stores) as recorder:
+        new = stores.keys.rotate(args.kid)
+        old = stores.keys.get(args.kid) or new
+        _record(
+            recorder,
+            key_event(time.time(), "rotate", old, caller=_who(), detail=f"replaced by {new.kid}"),
+        )
+    _print_json(new.to_dict())
 
 
 def cmd_keys_revoke(args: argparse.Namespace, stores: Stores) -> None:
-    _print_json(stores.keys.revoke(args.kid, reason=args.reason, by=_who()).to_dict())
+    from agentcaps.audit import key_event
+
+    with _recording(stores) as recorder:
+        key = stores.keys.revoke(args.kid, reason=args.reason, by=_who())
+        _record(recorder, key_event(time.time(), "revoke", key, caller=_who(), why=args.reason))
+    _print_json(key.to_dict())
 
 
 def cmd_mint(args: argparse.Namespace, stores: Stores) -> None:
-    from agentcaps.policy import MintIssuer, Policies, mint_with_policy
-
     # The operator's path: an admin's mint, decided by the same mint policy as the service's.
+    from agentcaps.audit import mint_event
+    from agentcaps.policy import MintIssuer, Policies, PolicyDenied, mint_with_policy
+
     policies = Policies.from_settings(stores.settings, policy_dir=args.policy_dir)
-    minted, _decision = mint_with_policy(
-        stores.minter(),
-        policies.engine,
-        MintIssuer.admin(),
-        customer=args.customer,
-        user=args.user,
-        agent=args.agent,
-        resources=args.resource,
-        actions=args.action,
-        purposes=args.purpose,
-        ttl=args.ttl,
-        audience=args.audience,
-        max_delegations=args.max_delegations,
-        not_before=args.not_before,
-    )
+    grant: dict[str, Any] = {
+        "customer": args.customer,
+        "user": args.user,
+        "agent": args.agent,
+        "resources": args.resource,
+        "actions": args.action,
+        "purposes": args.purpose,
+        "ttl": args.ttl,
+        "audience": args.audience,
+        "max_delegations": args.max_delegations,
+    }
+    with _recording(stores) as recorder:
+        try:
+            minted, decision = mint_with_policy(
+                stores.minter(), policies.engine, MintIssuer.admin(),
+                not_before=args.not_before, **grant,
+            )  # fmt: skip
+        except PolicyDenied as denied:
+            _record(
+                recorder,
+                mint_event(
+                    time.time(), caller=_who(), reason=denied.reason.value,
+                    policy_version=denied.version, policies=denied.policies, **grant,
+                ),
+            )  # fmt: skip
+            raise
+        _record(
+            recorder,
+            mint_event(
+                time.time(), caller=_who(), minted=minted, policy_version=decision.version,
+                policies=decision.policies, **grant,
+            ),
+        )  # fmt: skip
     if args.json:
         _print_json(minted.to_dict())
     else:
@@ -410,9 +469,14 @@ def remote_mint(args: argparse.Namespace, client: ServiceClient) -> None:
 
 def cmd_verify(args: argparse.Namespace, stores: Stores) -> int:
     token = _read_token(args.token)
-    decision = stores.verifier(audience=args.audience).verify(
-        token, resource=args.resource, action=args.action, purpose=args.purpose, actor=args.actor
-    )
+    with _recording(stores) as recorder:
+        decision = stores.verifier(audience=args.audience, audit=recorder).verify(
+            token,
+            resource=args.resource,
+            action=args.action,
+            purpose=args.purpose,
+            actor=args.actor,
+        )
     _print_json(decision.to_dict())
     return 0 if decision.allowed else 1
 
@@ -437,18 +501,31 @@ def check_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_revoke(args: argparse.Namespace, stores: Stores) -> None:
+    with _recording(stores) as recorder:
+        _revoke(args, stores, recorder)
+
+
+def _revoke(args: argparse.Namespace, stores: Stores, recorder: AuditSink | None) -> None:
+    from agentcaps.audit import key_event, revocation_event
+
     reason, by, now = args.reason, _who(), int(time.time())
+    target = None
     if args.key is not None:
-        stores.keys.revoke(args.key, reason=reason, by=by)
+        key = stores.keys.revoke(args.key, reason=reason, by=by)
+        _record(recorder, key_event(time.time(), "revoke", key, caller=by, why=reason))
         stored = [
             r
             for r in stores.store.list()
             if r.kind is RevocationKind.KEY and r.subject == (args.key,)
         ]
+        if stored:
+            _record(recorder, revocation_event(time.time(), stored[0]))
         _print_json(stored[0].to_dict() if stored else {"kind": "key", "key_id": args.key})
         return
     if args.token is not None:
         token = _read_token(args.token)
+        found = stores.verifier().authenticate(token)
+        target = found if found.allowed else None  # recorded with its provenance when authentic
         revocation = revocation_for(
             agentcaps.decode_unverified(token),
             revoked_at=now,
@@ -470,7 +547,9 @@ def cmd_revoke(args: argparse.Namespace, stores: Stores) -> None:
             kind, subject = RevocationKind.AGENT, (args.agent,)
         # No expiry given: the store keeps it as long as any token can live.
         revocation = Revocation(kind, subject, now, None, reason, by)
-    _print_json(stores.revocations.revoke(revocation).to_dict())
+    stored_revocation = stores.revocations.revoke(revocation)
+    _record(recorder, revocation_event(time.time(), stored_revocation, target=target))
+    _print_json(stored_revocation.to_dict())
 
 
 def remote_revoke(args: argparse.Namespace, client: ServiceClient) -> None:
@@ -506,18 +585,223 @@ def cmd_revocations_recover(args: argparse.Namespace, stores: Stores) -> None:
     )
 
 
+# -- the audit trail -------------------------------------------------------------
+
+_AUDIT_PAGE = 1000  # events per page when gathering all of a token's
+_AUDIT_FILTERS = ("token_id", "delegation_id", "customer", "user", "agent", "kind")
+
+
+def _print_line(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False), flush=True)
+
+
+def _hex_id(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an id (32 hex characters)")
+    return value
+
+
+def _audit_query(args: argparse.Namespace, now: float) -> Any:
+    from agentcaps.audit import AuditKind, AuditQuery, parse_time
+
+    def when(text: str | None, name: str) -> float | None:
+        if text is None:
+            return None
+        try:
+            return parse_time(text, now)
+        except ValueError as exc:
+            raise UsageError(f"--{name}: {exc}") from None
+
+    return AuditQuery(
+        token_id=args.token_id,
+        delegation_id=args.delegation_id,
+        customer=args.customer,
+        user=args.user,
+        agent=args.agent,
+        kind=AuditKind(args.kind) if args.kind else None,
+        since=when(args.since, "since"),
+        until=when(args.until, "until"),
+        limit=args.limit,
+    )
+
+
+def cmd_audit(args: argparse.Namespace, stores: Stores) -> int:
+    from agentcaps.audit import MAX_LIMIT
+    from agentcaps.stores.audit import open_audit_log
+
+    query = _audit_query(args, time.time())
+    log, close = open_audit_log(stores)
+    try:
+        page = log.query(query)
+        for event in page.events:
+            _print_line(event.to_dict())
+        if not page.complete:
+            _warn("the query read as many entries as one query may: narrow it (--since)")
+        cursor = page.after
+        while args.follow:
+            time.sleep(args.interval)
+            page = log.query(dataclasses.replace(query, limit=MAX_LIMIT), after=cursor)
+            for event in page.events:
+                _print_line(event.to_dict())
+            cursor = page.after or cursor
+    finally:
+        close()
+    return 0
+
+
+def remote_audit(args: argparse.Namespace, client: ServiceClient) -> int:
+    from agentcaps.audit import MAX_LIMIT
+
+    params: dict[str, Any] = {name: getattr(args, name) for name in _AUDIT_FILTERS}
+    params.update(since=args.since, until=args.until)
+    page = client.audit(**params, limit=args.limit)
+    for view in page["events"]:
+        _print_line(view)
+    if not page.get("complete", True):
+        _warn("the query read as many entries as one query may: narrow it (--since)")
+    cursor = page.get("after")
+    while args.follow:
+        time.sleep(args.interval)
+        page = client.audit(**params, limit=MAX_LIMIT, after=cursor)
+        for view in page["events"]:
+            _print_line(view)
+        cursor = page.get("after") or cursor
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the chains of the stream (or of a JSON-lines copy); exit 1 naming the first break."""
+    from agentcaps.audit import ChainReport, check_chains
+
+    report: ChainReport
+    if args.jsonl is not None:
+        from agentcaps.stores.jsonl import read_jsonl
+
+        if args.redis is not None:
+            raise UsageError("give --jsonl FILE or --redis URL, not both")
+        try:
+            # A copy may have been rotated: it may start anywhere in a chain.
+            report = check_chains(read_jsonl(args.jsonl), None, trimmed=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.jsonl}: {exc.strerror}") from None
+        where = args.jsonl
+    else:
+        from agentcaps.stores.audit import open_audit_log
+
+        with _open_stores(args) as stores:
+            log, close = open_audit_log(stores)
+            try:
+                report = log.check()
+            finally:
+                close()
+            where = redact_url(stores.url)
+    summary = f"{report.checked} event(s) from {len(report.writers)} writer(s) in {where}"
+    for note in report.notes[:20]:
+        print(f"  note: {note}")
+    if report.ok:
+        print(f"{PROG} audit verify: {summary}: every chain holds")
+        return 0
+    first = report.breaks[0]
+    print(f"{PROG} audit verify: {summary}: BROKEN")
+    entry = f" (entry {first.entry})" if first.entry else ""
+    print(f"  first break: event {first.event}{entry}: {first.problem}")
+    for other in report.breaks[1:10]:
+        entry = f" (entry {other.entry})" if other.entry else ""
+        print(f"  also: event {other.event}{entry}: {other.problem}")
+    if len(report.breaks) > 10:
+        print(f"  … and {len(report.breaks) - 10} more")
+    return 1
+
+
+def _gather(fetch: Callable[[dict[str, str], str | None], tuple[list[AuditEvent], str | None]],
+            token_id: str) -> list[AuditEvent]:  # fmt: skip
+    """Every event naming `token_id`, then every event naming a delegation id they show."""
+    found: dict[str, AuditEvent] = {}
+
+    def pages(params: dict[str, str]) -> None:
+        before: str | None = None
+        while True:
+            events, before = fetch(params, before)
+            for event in events:
+                found.setdefault(event.id, event)
+            if before is None:
+                return
+
+    pages({"token_id": token_id})
+    delegations = {d for e in list(found.values()) for d in e.delegation_ids}
+    for delegation_id in sorted(delegations):
+        pages({"delegation_id": delegation_id})
+    return list(found.values())
+
+
+def _show_trace(args: argparse.Namespace, events: list[AuditEvent]) -> int:
+    from agentcaps.trace import build_trace, render, to_dict
+
+    if not events:
+        _err(f"no audit events name token {args.token_id} (or they are beyond retention)")
+        return 1
+    trace = build_trace(args.token_id, events)
+    if args.json:
+        _print_json(to_dict(trace))
+    else:
+        print(render(trace))
+    return 0
+
+
+def cmd_audit_trace(args: argparse.Namespace, stores: Stores) -> int:
+    from agentcaps.audit import AuditQuery
+    from agentcaps.stores.audit import open_audit_log
+
+    log, close = open_audit_log(stores)
+
+    def fetch(params: dict[str, str], before: str | None) -> tuple[list[AuditEvent], str | None]:
+        page = log.query(AuditQuery(**params, limit=_AUDIT_PAGE), before=before)  # type: ignore[arg-type]
+        if not page.complete:
+            _warn("a query stopped at its scan cap: older events may be missing from the trace")
+        return page.events, page.before
+
+    try:
+        return _show_trace(args, _gather(fetch, args.token_id))
+    finally:
+        close()
+
+
+def remote_audit_trace(args: argparse.Namespace, client: ServiceClient) -> int:
+    from agentcaps.audit import AuditEvent
+
+    def fetch(params: dict[str, str], before: str | None) -> tuple[list[AuditEvent], str | None]:
+        page = client.audit(**params, limit=_AUDIT_PAGE, before=before)
+        return [AuditEvent.from_dict(view) for view in page["events"]], page.get("before")
+
+    return _show_trace(args, _gather(fetch, args.token_id))
+
+
 # -- the service ---------------------------------------------------------------
 
 
-def _log_config() -> dict[str, object]:
-    """uvicorn's logging, plus the service's own access log (uvicorn's is off: it logs queries)."""
+def _log_config(log_format: str = "json") -> dict[str, object]:
+    """uvicorn's logging, plus the service's own lines (uvicorn's access log is off: it logs queries).
+
+    With `json` (AGENTCAPS_LOG_FORMAT), agentcaps' lines are one JSON object
+    each, with the request id of the request they belong to.
+    """
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
+    handler = "default"
+    if log_format == "json":
+        config["formatters"]["agentcaps_json"] = {"()": "agentcaps.http.logs.JsonFormatter"}
+        config["handlers"]["agentcaps"] = {
+            "formatter": "agentcaps_json",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+        }
+        handler = "agentcaps"
     config["loggers"]["agentcaps"] = {
-        "handlers": ["default"],
+        "handlers": [handler],
         "level": "INFO",
         "propagate": False,
     }
@@ -555,7 +839,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             access_log=False,  # it would log query strings; the app logs each request itself
-            log_config=_log_config(),
+            log_config=_log_config(settings.log_format),
             server_header=False,
             **extra,
         )
@@ -618,11 +902,22 @@ def check_admin_token(args: argparse.Namespace) -> None:
 
 
 def cmd_admin_token(args: argparse.Namespace, stores: Stores) -> None:
+    from agentcaps.audit import AuditKind, event
     from agentcaps.service_tokens import mint_admin_token
 
-    minted = mint_admin_token(
-        Minter(stores.keys, max_ttl=stores.settings.max_lifetime), ttl=args.ttl, name=args.name
-    )
+    with _recording(stores) as recorder:
+        minted = mint_admin_token(
+            Minter(stores.keys, max_ttl=stores.settings.max_lifetime), ttl=args.ttl, name=args.name
+        )
+        _record(
+            recorder,
+            event(
+                AuditKind.MINT, time.time(), caller=_who(), customer="agentcaps", user=args.name,
+                agent="admin", chain=("admin",), token_id=minted.token_id, key_id=minted.key_id,
+                ttl=args.ttl, expires_at=minted.expires_at, allowed=True, reason="ok",
+                detail="admin token (agentcaps admin-token)",
+            ),
+        )  # fmt: skip
     print(minted.token)
 
 
@@ -643,8 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--redis",
         metavar="URL",
-        help="the store: redis://, rediss://, unix:// or memory:// "
-        "(default: AGENTCAPS_REDIS_URL, else memory://)",
+        help="the store: redis://, rediss://, unix://, redis+sentinel://, redis+cluster:// "
+        "or memory:// (default: AGENTCAPS_REDIS_URL, else memory://)",
     )
     token_help = "the token, or - to read it from stdin"
 
@@ -929,8 +1224,86 @@ def build_parser() -> argparse.ArgumentParser:
         _store_command(cmd_revocations_recover),
         parents=[store],
     )
+    audit = command(
+        commands,
+        "audit",
+        "read the audit trail (one JSON object per event); `audit verify` checks it, "
+        "`audit trace TOKEN_ID` shows a token's provenance",
+        _store_command(cmd_audit, remote=remote_audit),
+        parents=[store, service],
+    )
+    _audit_filters(audit)
+    audit.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new events until interrupted"
+    )
+    audit.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="--follow: seconds between polls",
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
+    # `agentcaps audit --redis URL verify` and `agentcaps audit verify --redis URL`
+    # both work: a subcommand's own --redis/--url must not reset the one given before it.
+    late_store = _Parser(add_help=False)
+    late_store.add_argument("--redis", metavar="URL", default=argparse.SUPPRESS,
+                            help="as for `agentcaps audit`")  # fmt: skip
+    late_service = _Parser(add_help=False)
+    late_service.add_argument("--url", metavar="URL", default=argparse.SUPPRESS,
+                              help="as for `agentcaps audit`")  # fmt: skip
+    late_service.add_argument("--token-file", metavar="FILE", default=argparse.SUPPRESS,
+                              help="as for `agentcaps audit`")  # fmt: skip
+    p = command(
+        audit_commands,
+        "verify",
+        "check every writer's hash chain; exit 1 naming the first altered, deleted or "
+        "reordered event",
+        cmd_audit_verify,
+        parents=[late_store],
+    )
+    p.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help="check a JSON-lines copy (AGENTCAPS_AUDIT=jsonl:FILE) instead",
+    )
+    p = command(
+        audit_commands,
+        "trace",
+        "a token's provenance tree: minted for whom by whom, each delegation, every "
+        "verification and revocation under its branch",
+        _store_command(cmd_audit_trace, remote=remote_audit_trace),
+        parents=[late_store, late_service],
+    )
+    p.add_argument("token_id", metavar="TOKEN_ID", type=_hex_id, help="the token id (32 hex)")
+    p.add_argument("--json", action="store_true", help="the tree as JSON")
+
     policy_cli.register(commands)
     return parser
+
+
+def _audit_filters(p: argparse.ArgumentParser) -> None:
+    from agentcaps.audit import MAX_LIMIT, AuditKind
+
+    p.add_argument("--token-id", type=_hex_id, metavar="ID", help="events of this token id")
+    p.add_argument(
+        "--delegation-id", type=_hex_id, metavar="ID", help="events of this delegation branch"
+    )
+    p.add_argument("--customer", metavar="C", help="events on behalf of this customer")
+    p.add_argument("--user", metavar="U", help="events on behalf of this user")
+    p.add_argument("--agent", metavar="A", help="events where this agent acts or is in the chain")
+    p.add_argument("--kind", choices=[k.value for k in AuditKind], help="events of this kind")
+    p.add_argument(
+        "--since", metavar="TIME", help="ISO 8601, unix seconds or a duration ago (15m, 2h, 7d)"
+    )
+    p.add_argument("--until", metavar="TIME", help="as --since")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help=f"the newest N matching events (default 100, at most {MAX_LIMIT})",
+    )
 
 
 def _missing_subcommand(

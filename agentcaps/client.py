@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Self
+from urllib.parse import urlencode
 
 import httpx
 
@@ -187,6 +188,11 @@ class ServiceClient:
         """POST /v1/revocations. `revoke(token=T)` with no credential: T revokes itself."""
         body = _present({"token": token, **fields})
         return dict(self.request("POST", "/v1/revocations", body, token=self._token or token))
+
+    def audit(self, **params: Any) -> dict[str, Any]:
+        """GET /v1/audit: a page of audit events (needs an admin or issuer token)."""
+        query = urlencode(_present(params))
+        return dict(self.request("GET", "/v1/audit" + (f"?{query}" if query else "")))
 
 
 def _present(fields: dict[str, Any]) -> dict[str, Any]:

@@ -16,12 +16,62 @@ from agentcaps.verify import DEFAULT_MAX_LIFETIME
 
 MEMORY_URL = "memory://"
 MASTER_KEY_BYTES = 32
+DEFAULT_AUDIT_MAX_AGE = 30 * 24 * 3600  # as long as a token can live (the default max lifetime)
+DEFAULT_AUDIT_MAX_LEN = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTargets:
+    """Where audit events go: the store's stream (`redis`) and JSON-lines targets (`-` is stdout)."""
+
+    redis: bool = False
+    jsonl: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis or bool(self.jsonl)
+
+
+def parse_audit(text: str) -> AuditTargets:
+    """AGENTCAPS_AUDIT: `off`, or a comma-separated list of `redis`, `jsonl:-` (stdout), `jsonl:PATH`.
+
+    `redis` is the deployment's store (an in-process stream on memory://).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    redis = False
+    jsonl: list[str] = []
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if items in (["off"], ["none"]):
+        return AuditTargets()
+    for item in items:
+        if item == "redis":
+            redis = True
+        elif item.startswith("jsonl:") and item[6:].strip():
+            target = item[6:].strip()
+            jsonl.append("-" if target in ("-", "stdout") else target)
+        else:
+            raise ConfigError(
+                "AGENTCAPS_AUDIT is off, or a comma-separated list of redis, jsonl:- (stdout) "
+                "and jsonl:PATH"
+            )
+    if not items:
+        raise ConfigError("AGENTCAPS_AUDIT is empty: say off to record nothing")
+    return AuditTargets(redis, tuple(jsonl))
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where agentcaps keeps local state: $XDG_STATE_HOME/agentcaps, else ~/.local/state/agentcaps."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "agentcaps"
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password (in the authority or a `password=` query) replaced by `***`."""
+    """`url` with any password (authority, `password=` or `sentinel_password=`) replaced by `***`."""
     url = re.sub(r"^([a-z+]+://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    return re.sub(r"([?&](?:sentinel_)?password=)[^&#]*", r"\1***", url)
 
 
 def parse_master_key(text: str) -> bytes:
@@ -119,6 +169,18 @@ class Settings:
     gateway_policy_dir: str | None = None
     # Seconds between checks of the policy folders for changes (0: only SIGHUP).
     policy_poll_interval: float = 1.0
+    # Where audit events go (AGENTCAPS_AUDIT, see parse_audit): the store's
+    # stream and/or JSON lines; "off" keeps none (metrics still count).
+    audit: str = "redis"
+    # The directory of spool files holding events while Redis cannot take
+    # them (None: default_state_dir()/audit-spool).
+    audit_spool: str | None = None
+    # Retention of the audit stream: entries older than this many seconds and
+    # beyond this many entries are trimmed (approximately, as Redis trims).
+    audit_max_age: int = DEFAULT_AUDIT_MAX_AGE
+    audit_max_len: int = DEFAULT_AUDIT_MAX_LEN
+    # Log lines of `agentcaps serve`: "json" (one object per line) or "text".
+    log_format: str = "json"
 
     def __repr__(self) -> str:
         # The master key never appears in a repr, a log line or an error.
@@ -157,6 +219,11 @@ class Settings:
                 check_name(audience, "AGENTCAPS_AUDIENCE")
             except InvalidArgument as exc:
                 raise ConfigError(str(exc)) from None
+        audit = env.get("AGENTCAPS_AUDIT") or "redis"
+        parse_audit(audit)  # refuse a bad value now, not when the first event is written
+        log_format = env.get("AGENTCAPS_LOG_FORMAT") or "json"
+        if log_format not in ("json", "text"):
+            raise ConfigError("AGENTCAPS_LOG_FORMAT must be json or text")
         return cls(
             redis_url=env.get("AGENTCAPS_REDIS_URL") or None,
             master_key=master_key,
@@ -172,6 +239,11 @@ class Settings:
             policy_dir=env.get("AGENTCAPS_POLICY_DIR") or None,
             gateway_policy_dir=env.get("AGENTCAPS_GATEWAY_POLICY_DIR") or None,
             policy_poll_interval=_float(env, "AGENTCAPS_POLICY_POLL_INTERVAL", 1.0, 0.0),
+            audit=audit,
+            audit_spool=env.get("AGENTCAPS_AUDIT_SPOOL") or None,
+            audit_max_age=_int(env, "AGENTCAPS_AUDIT_MAX_AGE", DEFAULT_AUDIT_MAX_AGE, 0),
+            audit_max_len=_int(env, "AGENTCAPS_AUDIT_MAX_LEN", DEFAULT_AUDIT_MAX_LEN, 1000),
+            log_format=log_format,
         )
 
 

@@ -15,6 +15,7 @@ so no name can reach another customer's resources):
     agentcaps/admin/<what>                   admin routes (action `admin`)
     agentcaps/customers/<C>/tokens           minting for customer C (`mint`)
     agentcaps/customers/<C>/revocations      revoking C's tokens (`revoke`)
+    agentcaps/customers/<C>/audit            reading C's audit events (`audit`)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ ISSUER_AGENT = "issuer"
 ISSUER_USER = "issuer"
 
 ADMIN_ACTIONS = ("admin", "mint", "revoke")
-ISSUER_ACTIONS = ("mint", "revoke")
+ISSUER_ACTIONS = ("mint", "revoke", "audit")
 
 
 def segment(name: str) -> str:
@@ -77,7 +78,7 @@ def mint_admin_token(minter: Minter, *, ttl: int, name: str = "admin") -> Minted
 
 
 def mint_issuer_token(minter: Minter, *, customer: str, ttl: int) -> MintedToken:
-    """An issuer token for `customer`: mint and revoke that customer's agent tokens, nothing else.
+    """An issuer token for `customer`: mint and revoke that customer's agent tokens, read its audit trail.
 
     Raises:
         InvalidArgument: a bad customer name or ttl.

@@ -5,15 +5,18 @@ decoding, the root key by id, the HMAC chain (constant-time compare), the
 caveats folded into claims and judged against the request and the clock, and
 last the revocation store. `verify` returns a Decision for every input token,
 whatever its bytes; when revocation state cannot be known it denies with
-`revocation_unavailable` (fail closed).
+`revocation_unavailable` (fail closed). Given an audit sink, each decision is
+handed to it (one call that only queues; see agentcaps.recorder).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from time import perf_counter
 
 from agentcaps import signature, wire
+from agentcaps.audit import AuditSink
 from agentcaps.caveats import is_canonical_resource
 from agentcaps.claims import Claims, UnverifiedToken, decode_unverified, sorted_names, summarize
 from agentcaps.decision import Decision, Reason, deny
@@ -43,6 +46,8 @@ class Verifier:
         limits: size limits applied before any parsing.
         max_lifetime: seconds after issue when any token stops verifying.
         decode_cache_size: how many decoded tokens to remember (0: none).
+        audit: where each decision is recorded (None: nowhere). It is handed
+            the decision, the request and the time taken, and only queues.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class Verifier:
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         max_lifetime: int = DEFAULT_MAX_LIFETIME,
         decode_cache_size: int = 4096,
+        audit: AuditSink | None = None,
     ) -> None:
         if leeway < 0:
             raise ValueError("leeway cannot be negative")
@@ -71,6 +77,12 @@ class Verifier:
         # the signature, caveats, clock and revocations are checked every call).
         self._decoded: dict[str, _Decoded] = {}
         self._decode_cache_size = decode_cache_size
+        self._audit = audit
+
+    @property
+    def audience(self) -> str | None:
+        """This verifier's audience name."""
+        return self._audience
 
     def verify(
         self,
@@ -100,6 +112,19 @@ class Verifier:
             actor is not None and type(actor) is not str
         ):
             raise TypeError("purpose and actor are strings or None")
+        audit = self._audit
+        if audit is None:
+            return self._decide(token, resource, action, purpose, actor)
+        started = perf_counter()
+        decision = self._decide(token, resource, action, purpose, actor)
+        audit.verified(
+            decision, resource, action, purpose, actor, self._audience, perf_counter() - started
+        )
+        return decision
+
+    def _decide(
+        self, token: object, resource: str, action: str, purpose: str | None, actor: str | None
+    ) -> Decision:
         found = self._authentic(token)
         if isinstance(found, Decision):
             return found

@@ -2,10 +2,14 @@
 
 - A token in a query string is refused (400) before any route reads it: URLs
   end up in proxies' and browsers' logs and histories.
+- Every request has a request id: the client's X-Request-Id when well-formed,
+  else a new one. It is echoed in the response, set for the audit events the
+  request causes (`agentcaps.audit.REQUEST_ID`) and in its log lines.
 - Every response says `Cache-Control: no-store`.
 - One access line per request, with the path but never the query string, and
-  anything in the path that looks like a token masked. (uvicorn's own access
-  log is off: it would print query strings.)
+  anything in the path that looks like a token masked; its fields (method,
+  path, route, status, duration, request id) are structured for the JSON
+  log format. (uvicorn's own access log is off: it would print query strings.)
 - The last line of defence: an exception no handler took becomes a JSON 500
   whose log line names its class and place, never its message.
 """
@@ -15,12 +19,18 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agentcaps.audit import REQUEST_ID
 from agentcaps.http.errors import TokenInQuery, error_response, log_internal
+from agentcaps.http.logs import REQUEST_ID_HEADER, request_id_from
+
+# Counts one answered request: (method, route template, status, seconds).
+RequestObserver = Callable[[str, str, int, float], None]
 
 log = logging.getLogger("agentcaps.http.access")
 
@@ -46,10 +56,17 @@ def mask_tokens(text: str) -> str:
 
 
 class AccessMiddleware:
-    """Refuses tokens in query strings, sets no-store, logs each request without its query."""
+    """Refuses tokens in query strings, gives each request an id, sets no-store, logs each request.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Args:
+        app: the app.
+        observe: called once per answered request (metrics), with the route's
+            path template (or "unmatched").
+    """
+
+    def __init__(self, app: ASGIApp, *, observe: RequestObserver | None = None) -> None:
         self.app = app
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,6 +74,8 @@ class AccessMiddleware:
             return
         started = time.perf_counter()
         status = 0
+        request_id = request_id_from(_header(scope, b"x-request-id"))
+        reset = REQUEST_ID.set(request_id)
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -65,6 +84,7 @@ class AccessMiddleware:
                 headers = MutableHeaders(scope=message)
                 if "cache-control" not in headers:
                     headers["Cache-Control"] = "no-store"
+                headers[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         try:
@@ -82,13 +102,40 @@ class AccessMiddleware:
             else:  # the response had started: nothing sensible can follow
                 status = 500
         finally:
+            seconds = time.perf_counter() - started
             client = scope.get("client")
             where = f"{client[0]}:{client[1]}" if client else "-"
+            path = mask_tokens(scope["path"])
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
             log.info(
                 '%s - "%s %s" %d %.1fms',
                 where,
                 scope["method"],
-                mask_tokens(scope["path"]),
+                path,
                 status,
-                (time.perf_counter() - started) * 1000,
+                seconds * 1000,
+                extra={
+                    "fields": {
+                        "event": "request",
+                        "client": where,
+                        "method": scope["method"],
+                        "path": path,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                    },
+                    "request_id": request_id,
+                },
             )
+            if self.observe is not None:
+                self.observe(scope["method"], route, status, seconds)
+            REQUEST_ID.reset(reset)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (latin-1), if there is one."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None

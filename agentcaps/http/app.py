@@ -13,18 +13,20 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 
 import agentcaps
 from agentcaps.config import Settings
 from agentcaps.errors import NothingPersistsWarning
-from agentcaps.http import forward_auth, health, keys, openapi, revocations, tokens
+from agentcaps.http import audit, forward_auth, health, keys, metrics, openapi, revocations, tokens
 from agentcaps.http.access import AccessMiddleware
 from agentcaps.http.endpoint import Endpoint
 from agentcaps.http.errors import EXCEPTION_HANDLERS
 from agentcaps.http.rules import Rules
 from agentcaps.http.service import Service
 from agentcaps.policy import Policies
+from agentcaps.stores.audit import AuditTrail
 from agentcaps.stores.redis import Stores
 
 Clock = Callable[[], float]
@@ -35,7 +37,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *revocations.ENDPOINTS,
     *keys.ENDPOINTS,
     *forward_auth.ENDPOINTS,
+    *audit.ENDPOINTS,
     *health.ENDPOINTS,
+    metrics.ENDPOINT,
     openapi.ENDPOINT,
 )
 
@@ -74,6 +78,7 @@ def create_app(
     *,
     rules: Rules | None = None,
     policies: Policies | None = None,
+    audit_trail: AuditTrail | None = None,
 ) -> Starlette:
     """The agentcaps service.
 
@@ -88,6 +93,9 @@ def create_app(
         policies: the mint and gateway policies (default: from `settings`;
             reloaded on SIGHUP, and when their files change if
             `settings.policy_poll_interval` is not 0).
+        audit_trail: where audit events go (default: the deployment's trail,
+            as AGENTCAPS_AUDIT says, flushed and closed when the app shuts
+            down; a trail given here is the caller's to close).
 
     Raises:
         ConfigError, StoreUnavailable: the stores cannot be opened safely.
@@ -102,7 +110,9 @@ def create_app(
         stores = open_stores(settings, clock=clock)
     if rules is None:
         rules = Rules.load(settings.routes_file) if settings.routes_file else Rules()
-    service = Service.build(settings, stores, clock=clock, rules=rules, policies=policies)
+    service = Service.build(
+        settings, stores, clock=clock, rules=rules, policies=policies, audit=audit_trail
+    )
     document = openapi.build(ENDPOINTS, version=_version())
     routes = [e.route() for e in ENDPOINTS]
 
@@ -120,12 +130,15 @@ def create_app(
         finally:
             if watcher is not None:
                 watcher.stop()
+            if audit_trail is None:
+                # Every event recorded so far reaches Redis, or else the spool.
+                await run_in_threadpool(service.audit.close)
             if owned:
                 service.stores.close()
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessMiddleware)],
+        middleware=[Middleware(AccessMiddleware, observe=service.metrics.request)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -111,10 +111,13 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
 
-def validate(model: type[Model], value: object) -> Model:
-    """`value` as `model`, or InvalidBody naming each field that is wrong."""
+def validate(model: type[Model], value: object, *, strict: bool = True) -> Model:
+    """`value` as `model`, or InvalidBody naming each field that is wrong.
+
+    `strict=False` lets text stand for numbers: for query strings, where everything is text.
+    """
     try:
-        return model.model_validate(value, strict=True)
+        return model.model_validate(value, strict=strict)
     except ValidationError as exc:
         # Only where and what: pydantic's own text would repeat the input,
         # and the input may be a token.
@@ -145,3 +148,20 @@ async def parse(request: Request, model: type[Model], *, optional: bool = False)
     if not _is_json(request.headers.get("content-type")):
         raise UnsupportedMediaType("send the body as JSON (Content-Type: application/json)")
     return validate(model, parse_json(body))
+
+
+def parse_query(request: Request, model: type[Model]) -> Model:
+    """The request's query string as `model` (each parameter at most once).
+
+    Raises:
+        InvalidBody (422): a parameter given twice, unknown, or of the wrong shape.
+    """
+    values: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name in values:
+            raise InvalidBody(
+                f"{name}: given more than once",
+                fields=[{"field": name, "message": "given more than once"}],
+            )
+        values[name] = value
+    return validate(model, values, strict=False)

@@ -28,6 +28,7 @@ class Endpoint:
         handler: the async handler.
         summary: one line for OpenAPI.
         body: the request model, if it reads a JSON body.
+        query: the model of its query string, if it reads one.
         body_optional: an empty body stands for `{}`.
         responses: success status -> response model.
         errors: error statuses it may answer (ErrorResponse bodies).
@@ -41,6 +42,7 @@ class Endpoint:
     handler: Handler
     summary: str
     body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
     body_optional: bool = False
     responses: Mapping[int, type[BaseModel]] = field(default_factory=dict)
     errors: tuple[int, ...] = ()

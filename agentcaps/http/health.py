@@ -44,6 +44,9 @@ def readiness(service: Service) -> tuple[bool, dict[str, str]]:
             )
             checks["replica"] = f"stale: {confirmed} (bound {bound:g} s)"
             ready = False
+    # The audit trail never stops the service either: events wait (counted) in
+    # memory or the spool until Redis takes them again.
+    checks["audit"] = audit_check(service)
     # A policy set that failed to reload does not stop the service (the
     # previous set keeps deciding); it is reported here for operators.
     for kind, status in service.policies.status().items():
@@ -56,6 +59,20 @@ def readiness(service: Service) -> tuple[bool, dict[str, str]]:
                 f"reload failed, still running version {status['version']}: {status['last_error']}"
             )
     return ready, checks
+
+
+def audit_check(service: Service) -> str:
+    """The audit trail's state for /readyz: events pending, and whether the log takes them."""
+    recorder = service.audit.recorder
+    if not recorder.enabled:
+        return "ok: off (AGENTCAPS_AUDIT=off): no events are kept"
+    status = recorder.status()
+    if status["log_available"] or not status["pending"]:
+        return f"ok: {status['pending']} pending"
+    return (
+        f"spooling: the audit log refuses events; {status['pending']} pending, "
+        f"{status['spooled']} of them spooled; they are sent when it is back"
+    )
 
 
 async def readyz(request: Request) -> Response:

@@ -6,6 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentcaps.audit import key_event
 from agentcaps.http.body import parse
 from agentcaps.http.endpoint import Endpoint, respond
 from agentcaps.http.models import (
@@ -28,8 +29,10 @@ async def create_key(request: Request) -> Response:
     body = await parse(request, KeyCreateRequest, optional=True)
 
     def work() -> KeyResponse:
-        service.authority.authorize(bearer, _RESOURCE, "admin")
-        return KeyResponse.model_validate(service.stores.keys.create(body.customer).to_dict())
+        admin = service.authority.authorize(bearer, _RESOURCE, "admin")
+        key = service.stores.keys.create(body.customer)
+        service.record(key_event(service.clock(), "create", key, caller=caller(admin)))
+        return KeyResponse.model_validate(key.to_dict())
 
     return respond(await run_in_threadpool(work), 201)
 
@@ -52,8 +55,16 @@ async def rotate_key(request: Request) -> Response:
     await parse(request, NoFields, optional=True)
 
     def work() -> KeyResponse:
-        service.authority.authorize(bearer, _RESOURCE, "admin")
-        return KeyResponse.model_validate(service.stores.keys.rotate(kid).to_dict())
+        admin = service.authority.authorize(bearer, _RESOURCE, "admin")
+        new = service.stores.keys.rotate(kid)
+        old = service.stores.keys.get(kid)
+        service.record(
+            key_event(
+                service.clock(), "rotate", old or new, caller=caller(admin),
+                detail=f"replaced by {new.kid}",
+            )
+        )  # fmt: skip
+        return KeyResponse.model_validate(new.to_dict())
 
     return respond(await run_in_threadpool(work), 201)
 
@@ -67,6 +78,9 @@ async def revoke_key(request: Request) -> Response:
     def work() -> KeyResponse:
         decision = service.authority.authorize(bearer, _RESOURCE, "admin")
         key = service.stores.keys.revoke(kid, reason=body.reason, by=caller(decision))
+        service.record(
+            key_event(service.clock(), "revoke", key, caller=caller(decision), why=body.reason)
+        )
         return KeyResponse.model_validate(key.to_dict())
 
     return respond(await run_in_threadpool(work))

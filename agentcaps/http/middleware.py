@@ -8,7 +8,10 @@ request's resource and action, decided exactly as forward-auth decides them
 say otherwise; `X-Agentcaps-Purpose` and `X-Agentcaps-Actor` are honoured).
 An allowed request reaches the app with the Decision on
 `request.state.agentcaps`; any other gets the service's JSON error (401, 403
-or 503) and never reaches the app.
+or 503) and never reaches the app. Give the verifier an audit sink
+(`stores.verifier(audience="crm", audit=trail.recorder)`) and every decision
+is recorded, with the request's id: the client's X-Request-Id when
+well-formed, else a new one, echoed in the response.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agentcaps.audit import REQUEST_ID
 from agentcaps.errors import AgentCapsError
 from agentcaps.http.errors import error_response
 from agentcaps.http.gate import Gate, RequestVerifier
+from agentcaps.http.logs import REQUEST_ID_HEADER, request_id_from
 from agentcaps.http.rules import Rules
 
 STATE_KEY = "agentcaps"
@@ -55,6 +60,19 @@ class AgentcapsMiddleware:
             return
         headers = Headers(scope=scope)
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if REQUEST_ID.get() is None:  # else an outer middleware (the service's) named it
+            request_id = request_id_from(headers.get("x-request-id"))
+            reset = REQUEST_ID.set(request_id)
+            try:
+                await self._decide(scope, receive, _echoing(send, request_id), headers, raw_path)
+            finally:
+                REQUEST_ID.reset(reset)
+            return
+        await self._decide(scope, receive, send, headers, raw_path)
+
+    async def _decide(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers, raw_path: bytes
+    ) -> None:
         try:
             # Verification may ask Redis: keep it off the event loop.
             decision = await run_in_threadpool(
@@ -70,3 +88,14 @@ class AgentcapsMiddleware:
             return
         scope.setdefault("state", {})[STATE_KEY] = decision
         await self.app(scope, receive, send)
+
+
+def _echoing(send: Send, request_id: str) -> Send:
+    """`send`, adding X-Request-Id to the response."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+        await send(message)
+
+    return wrapped

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from agentcaps.audit import MAX_LIMIT, AuditKind
 from agentcaps.caveats import MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_RESOURCE_CHARS
 from agentcaps.decision import Reason
 from agentcaps.keys import KeyState
@@ -274,3 +275,101 @@ class AuthzResponse(Response):
 
     allowed: bool
     reason: Reason
+
+
+# -- audit ---------------------------------------------------------------------
+
+EntryId = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", description="a stream entry id, e.g. 1764412801123-0"
+    ),
+]
+TimeText = Annotated[
+    str,
+    Field(
+        max_length=64,
+        description="unix seconds, ISO 8601 with a zone (2026-12-01T10:00:00Z), "
+        "or a duration ago (90s, 15m, 2h, 7d)",
+    ),
+]
+
+
+class AuditQueryParams(BaseModel):
+    """GET /v1/audit's query: every filter given must match (an issuer sees its own customer only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_id: HexId | None = None
+    delegation_id: HexId | None = None
+    customer: Name | None = None
+    user: Name | None = None
+    agent: Name | None = Field(None, description="the agent acting, or any holder in the chain")
+    kind: AuditKind | None = None
+    since: TimeText | None = None
+    until: TimeText | None = None
+    limit: int = Field(100, ge=1, le=MAX_LIMIT)
+    before: EntryId | None = Field(
+        None, description="older events than this entry (a page's `before`)"
+    )
+    after: EntryId | None = Field(
+        None, description="newer events than this entry, oldest first (a page's `after`: follow)"
+    )
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> AuditQueryParams:
+        if self.before is not None and self.after is not None:
+            raise ValueError("give before or after, not both")
+        return self
+
+
+class AuditEventResponse(Response):
+    """One audit event: who did what, on whose behalf, when, why; its place in its writer's hash chain."""
+
+    id: str = Field(description="writer:seq, the event's name in `agentcaps audit verify` reports")
+    entry: str | None = Field(None, description="the stream entry holding it")
+    writer: str
+    seq: int
+    prev: str = Field(description="SHA-256 of the writer's previous event")
+    hash: str = Field(description="SHA-256 of this event as stored")
+    kind: AuditKind
+    time: float = Field(description="unix seconds")
+    at: str = Field(description="the same time, ISO 8601 UTC")
+    caller: str | None = None
+    customer: str | None = None
+    user: str | None = None
+    agent: str | None = None
+    chain: list[str] = []
+    delegation_ids: list[str] = []
+    token_id: str | None = None
+    key_id: str | None = None
+    resource: str | None = None
+    action: str | None = None
+    purpose: str | None = None
+    actor: str | None = None
+    audience: list[str] = []
+    resources: list[str] = []
+    actions: list[str] = []
+    purposes: list[str] = []
+    ttl: int | None = None
+    expires_at: int | None = None
+    max_delegations: int | None = None
+    allowed: bool | None = None
+    reason: str | None = None
+    request_id: str | None = None
+    latency_us: float | None = None
+    policy_version: str | None = None
+    policies: list[str] = []
+    why: str | None = None
+    op: str | None = None
+    detail: str | None = None
+
+
+class AuditPageResponse(Response):
+    """Matching events, oldest first, and where the next pages start."""
+
+    events: list[AuditEventResponse]
+    before: str | None = Field(None, description="pass as `before` for older events; null: no more")
+    after: str | None = Field(None, description="pass as `after` for newer events (follow)")
+    scanned: int = Field(description="stream entries read")
+    complete: bool = Field(description="false when the scan stopped at its cap before the end")

@@ -38,6 +38,23 @@ def _operation_id(endpoint: Endpoint, method: str) -> str:
     return f"{method.lower()}_{words}"
 
 
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters from a model's fields (each one's own JSON Schema, inlined)."""
+    schema = model.model_json_schema(ref_template=_REF)
+    out = []
+    for name, prop in schema.get("properties", {}).items():
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", ()),
+            "schema": {k: v for k, v in prop.items() if k not in ("title", "description")},
+        }
+        if "description" in prop:
+            parameter["description"] = prop["description"]
+        out.append(parameter)
+    return out
+
+
 def build(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
     """The OpenAPI document of `endpoints`."""
     models: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
@@ -80,6 +97,8 @@ def build(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
                 for name, text in endpoint.headers.items()
                 if name != "Authorization"
             ]  # fmt: skip
+            if endpoint.query is not None:
+                parameters += query_parameters(endpoint.query)
             if parameters:
                 operation["parameters"] = parameters
             if endpoint.body is not None:

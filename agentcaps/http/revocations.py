@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentcaps.audit import key_event, revocation_event
 from agentcaps.claims import decode_unverified
 from agentcaps.decision import Reason
 from agentcaps.errors import InvalidToken, StoreUnavailable
@@ -54,7 +55,9 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
             reason=body.reason,
             by=by,
         )
-        return service.stores.revocations.revoke(revocation)
+        stored = service.stores.revocations.revoke(revocation)
+        service.record(revocation_event(service.clock(), stored, target=target))
+        return stored
     subject: tuple[str, ...]
     if body.customer is not None:
         by = caller(
@@ -64,15 +67,22 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
             kind, subject = RevocationKind.USER, (body.customer, body.user)
         else:
             kind, subject = RevocationKind.CUSTOMER, (body.customer,)
-        return service.stores.revocations.revoke(
-            Revocation(kind, subject, now, None, body.reason, by)
+        return _recorded(
+            service,
+            service.stores.revocations.revoke(
+                Revocation(kind, subject, now, None, body.reason, by)
+            ),
         )
     by = caller(authority.authorize(bearer, admin_resource("revocations"), "revoke"))
     if body.key_id is not None:
-        service.stores.keys.revoke(body.key_id, reason=body.reason, by=by)
+        key = service.stores.keys.revoke(body.key_id, reason=body.reason, by=by)
+        service.record(key_event(service.clock(), "revoke", key, caller=by, why=body.reason))
         # What the key store recorded, as the store stamps it.
-        return service.stores.store.stamp(
-            Revocation(RevocationKind.KEY, (body.key_id,), now, None, body.reason, by)
+        return _recorded(
+            service,
+            service.stores.store.stamp(
+                Revocation(RevocationKind.KEY, (body.key_id,), now, None, body.reason, by)
+            ),
         )
     if body.token_id is not None:
         kind, subject = RevocationKind.TOKEN, (body.token_id,)
@@ -81,7 +91,16 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
     else:
         assert body.agent is not None  # the model requires exactly one target
         kind, subject = RevocationKind.AGENT, (body.agent,)
-    return service.stores.revocations.revoke(Revocation(kind, subject, now, None, body.reason, by))
+    return _recorded(
+        service,
+        service.stores.revocations.revoke(Revocation(kind, subject, now, None, body.reason, by)),
+    )
+
+
+def _recorded(service: Service, stored: Revocation) -> Revocation:
+    """`stored`, once its audit event is recorded."""
+    service.record(revocation_event(service.clock(), stored))
+    return stored
 
 
 async def create_revocation(request: Request) -> Response:

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from agentcaps.audit import AuditEvent, policy_reload_event
 from agentcaps.config import Settings
 from agentcaps.http.gate import Gate, bearer_token
+from agentcaps.http.metrics import Metrics
 from agentcaps.http.rules import Rules
 from agentcaps.mint import Minter
-from agentcaps.policy import PolicedVerifier, Policies
+from agentcaps.policy import PolicedVerifier, Policies, ReloadResult
+from agentcaps.recorder import Recorder
 from agentcaps.service_tokens import SERVICE_AUDIENCE, ServiceAuthority
+from agentcaps.stores.audit import AuditTrail, open_audit
 from agentcaps.stores.redis import Stores
 
 Clock = Callable[[], float]
@@ -35,6 +39,8 @@ class Service:
     and forward-auth routes (the deployment's audience, AGENTCAPS_AUDIENCE),
     with the gateway policy applied after a token's own caveats; `policies`
     are the mint and gateway policies, reloaded on SIGHUP and file change.
+    `audit` records every decision and change (both verifiers hand it their
+    decisions); `metrics` counts them for /metrics.
     """
 
     settings: Settings
@@ -46,6 +52,12 @@ class Service:
     gateway: PolicedVerifier
     gate: Gate
     policies: Policies
+    audit: AuditTrail
+    metrics: Metrics
+
+    def record(self, event: AuditEvent) -> None:
+        """Record an audit event (queued: returns at once)."""
+        self.audit.recorder.record(event)
 
     @classmethod
     def build(
@@ -56,11 +68,21 @@ class Service:
         clock: Clock = time.time,
         rules: Rules,
         policies: Policies,
+        audit: AuditTrail | None = None,
     ) -> Service:
+        """The parts, on `stores`; `audit` defaults to the deployment's trail (open_audit)."""
+        if audit is None:
+            audit = open_audit(stores, clock=clock, settings=settings)
+        recorder = audit.recorder
         gateway = PolicedVerifier(
-            stores.verifier(clock=clock, audience=settings.audience), policies.gateway, clock
+            stores.verifier(clock=clock, audience=settings.audience),
+            policies.gateway,
+            clock,
+            audit=recorder,
         )
-        service_verifier = stores.verifier(clock=clock, audience=SERVICE_AUDIENCE)
+        service_verifier = stores.verifier(clock=clock, audience=SERVICE_AUDIENCE, audit=recorder)
+        for store in policies.stores:
+            store.subscribe(_reload_listener(recorder, store.kind.value, clock))
         return cls(
             settings=settings,
             stores=stores,
@@ -71,7 +93,31 @@ class Service:
             gateway=gateway,
             gate=Gate(gateway, rules),
             policies=policies,
+            audit=audit,
+            metrics=Metrics(stores, recorder),
         )
+
+
+def _reload_listener(
+    recorder: Recorder, policy: str, clock: Clock
+) -> Callable[[ReloadResult], None]:
+    """Records each reload of one policy store (swapped in, or failed)."""
+
+    def listener(result: ReloadResult) -> None:
+        if recorder.closed:
+            return
+        recorder.record(
+            policy_reload_event(
+                clock(),
+                policy,
+                swapped=result.swapped,
+                version=result.version,
+                previous_version=result.previous_version,
+                error=result.error,
+            )
+        )
+
+    return listener
 
 
 def service_of(request: Request) -> Service:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentcaps.audit import issuer_event, mint_event
 from agentcaps.errors import NotAuthenticated
 from agentcaps.http.body import parse
 from agentcaps.http.endpoint import Endpoint, respond
@@ -21,9 +24,10 @@ from agentcaps.http.models import (
 )
 from agentcaps.http.service import bearer, service_of
 from agentcaps.mint import attenuate
-from agentcaps.policy import MintIssuer, mint_with_policy
+from agentcaps.policy import MintIssuer, PolicyDenied, mint_with_policy
 from agentcaps.service_tokens import (
     admin_resource,
+    caller,
     customer_resource,
     is_admin,
     mint_issuer_token,
@@ -46,9 +50,15 @@ async def create_issuer(request: Request) -> Response:
     body = await parse(request, IssuerRequest)
 
     def work() -> IssuerResponse:
-        service.authority.authorize(token, admin_resource("issuers"), "admin")
+        admin = service.authority.authorize(token, admin_resource("issuers"), "admin")
         reserved_customer(body.customer)
         minted = mint_issuer_token(service.service_minter, customer=body.customer, ttl=body.ttl)
+        service.record(
+            issuer_event(
+                service.clock(), caller=caller(admin), customer=body.customer, minted=minted,
+                ttl=body.ttl,
+            )
+        )  # fmt: skip
         return IssuerResponse(
             token=minted.token,
             token_id=minted.token_id,
@@ -65,27 +75,42 @@ async def mint_token(request: Request) -> Response:
     body = await parse(request, MintRequest)
 
     def work() -> MintResponse:
-        caller = service.authority.authorize(
+        asker = service.authority.authorize(
             token, customer_resource(body.customer, "tokens"), "mint"
         )
         reserved_customer(body.customer)
         reserved_audience(body.audience)
-        issuer = MintIssuer.admin() if is_admin(caller) else MintIssuer.issuer(body.customer)
-        minted, _policy = mint_with_policy(
-            service.minter,
-            service.policies.engine,
-            issuer,
-            customer=body.customer,
-            user=body.user,
-            agent=body.agent,
-            resources=body.resources,
-            actions=body.actions,
-            purposes=body.purposes,
-            ttl=body.ttl,
-            audience=body.audience,
-            max_delegations=body.max_delegations,
-            not_before=body.not_before,
-        )
+        issuer = MintIssuer.admin() if is_admin(asker) else MintIssuer.issuer(body.customer)
+        grant: dict[str, Any] = {
+            "customer": body.customer,
+            "user": body.user,
+            "agent": body.agent,
+            "resources": body.resources,
+            "actions": body.actions,
+            "purposes": body.purposes,
+            "ttl": body.ttl,
+            "audience": body.audience,
+            "max_delegations": body.max_delegations,
+        }
+        try:
+            minted, policy = mint_with_policy(
+                service.minter, service.policies.engine, issuer, not_before=body.not_before,
+                **grant,
+            )  # fmt: skip
+        except PolicyDenied as denied:
+            service.record(
+                mint_event(
+                    service.clock(), caller=caller(asker), reason=denied.reason.value,
+                    policy_version=denied.version, policies=denied.policies, **grant,
+                )
+            )  # fmt: skip
+            raise
+        service.record(
+            mint_event(
+                service.clock(), caller=caller(asker), minted=minted,
+                policy_version=policy.version, policies=policy.policies, **grant,
+            )
+        )  # fmt: skip
         return MintResponse(**minted.to_dict())  # type: ignore[arg-type]
 
     return respond(await run_in_threadpool(work), 201, secret=True)

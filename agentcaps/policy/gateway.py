@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, NamedTuple
 
+from agentcaps.audit import AuditSink
 from agentcaps.decision import Decision, Reason
 from agentcaps.policy.decision import PolicyDecision
 from agentcaps.policy.policyset import PolicySet
@@ -175,15 +177,28 @@ class PolicedVerifier:
 
     `verify` has Verifier.verify's signature and contract (a Decision for any
     token, never an exception for the token); an allow that the gateway
-    policy forbids comes back as a deny with reason `policy_denied`.
+    policy forbids comes back as a deny with reason `policy_denied`. With an
+    audit sink, the final decision is recorded with the gateway policy's
+    version (give the inner Verifier no sink of its own, or it is recorded twice).
     """
 
     def __init__(
-        self, verifier: Verifier, gateway: GatewayPolicy | None, clock: Callable[[], float]
+        self,
+        verifier: Verifier,
+        gateway: GatewayPolicy | None,
+        clock: Callable[[], float],
+        *,
+        audit: AuditSink | None = None,
     ) -> None:
         self.verifier = verifier
         self.gateway = gateway
         self._clock = clock
+        self._audit = audit
+
+    @property
+    def policy_version(self) -> str | None:
+        """The running gateway policy's version (None without a gateway policy)."""
+        return self.gateway.version if self.gateway is not None else None
 
     def verify(
         self,
@@ -195,17 +210,32 @@ class PolicedVerifier:
         actor: str | None = None,
     ) -> Decision:
         """Verifier.verify, then the gateway policy for an allowed request."""
+        started = perf_counter()
         decision = self.verifier.verify(
             token, resource=resource, action=action, purpose=purpose, actor=actor
         )
-        return apply_gateway_policy(
+        outcome = apply_gateway_policy(
             self.gateway,
             decision,
             resource=resource,
             action=action,
             purpose=purpose,
             now=int(self._clock()),
-        ).decision
+        )
+        if self._audit is not None:
+            verdict = outcome.policy
+            self._audit.verified(
+                outcome.decision,
+                resource,
+                action,
+                purpose,
+                actor,
+                self.verifier.audience,
+                perf_counter() - started,
+                verdict.version if verdict is not None else None,
+                verdict.policies if verdict is not None and not verdict.allowed else (),
+            )
+        return outcome.decision
 
     def authenticate(self, token: object) -> Decision:
         """Verifier.authenticate: no policy applies to authenticity."""

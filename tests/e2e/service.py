@@ -28,7 +28,8 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / f"serve-{self.port}.log"
-        self.env = env
+        # Audit spool files (written while Redis is down) stay in the test's directory.
+        self.env = {"AGENTCAPS_AUDIT_SPOOL": str(directory / "audit-spool"), **env}
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -128,14 +128,16 @@ def test_readers_see_whole_sets_while_reloads_swap(folder):
     seen: list[tuple[str, tuple[str, ...]]] = []
 
     def read() -> None:
-        while not stop.is_set():
+        # A short pause between decisions lets the reloading thread run: a
+        # tight loop would starve it of the GIL and make this test crawl.
+        while not stop.wait(0.0005):
             d = engine.authorize_mint(ACME, GRANT, NOW)
             seen.append((d.version, d.policies))
 
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for i in range(40):
+        for i in range(20):
             write(folder, ALLOW_A if i % 2 else ALLOW_B)
             store.reload()
     finally:

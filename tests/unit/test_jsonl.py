@@ -1,0 +1,58 @@
+"""JSON lines for log shippers: every event as one line, a copy whose chain `audit verify --jsonl` checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from agentcaps.audit import AuditKind, check_chains, event
+from agentcaps.stores.audit import open_audit
+from agentcaps.stores.jsonl import read_jsonl
+from agentcaps.stores.redis import Stores
+
+NOW = 1_800_000_000.0
+
+
+def record(stores: Stores, target: Path, count: int) -> None:
+    settings = dataclasses.replace(stores.settings, audit=f"redis,jsonl:{target}")
+    trail = open_audit(stores, settings=settings)
+    try:
+        for n in range(count):
+            trail.recorder.record(event(AuditKind.KEY, NOW + n, op="create", key_id=f"k{n}"))
+    finally:
+        trail.close()
+
+
+def test_every_event_is_one_json_line_with_its_chain(memory_stores: Stores, tmp_path: Path) -> None:
+    """With redis,jsonl:FILE each event is a JSON object per line, carrying writer, seq, prev and hash."""
+    target = tmp_path / "audit.jsonl"
+    record(memory_stores, target, 3)
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [(v["kind"], v["key_id"], v["seq"]) for v in lines] == [
+        ("key", "k0", 0),
+        ("key", "k1", 1),
+        ("key", "k2", 2),
+    ]
+    assert lines[1]["prev"] == lines[0]["hash"]
+    assert check_chains(read_jsonl(target), trimmed=False).ok
+
+
+def test_an_edited_json_line_is_named(memory_stores: Stores, tmp_path: Path) -> None:
+    """Changing a field in the JSON copy breaks its chain at that event."""
+    target = tmp_path / "audit.jsonl"
+    record(memory_stores, target, 3)
+    lines = target.read_text().splitlines()
+    view = json.loads(lines[1])
+    view["key_id"] = "k9"
+    lines[1] = json.dumps(view)
+    target.write_text("\n".join(lines) + "\n")
+    report = check_chains(read_jsonl(target), trimmed=False)
+    assert report.first_break is not None and report.first_break.event == f"{view['writer']}:1"
+
+
+def test_a_line_that_is_not_an_event_is_a_break(tmp_path: Path) -> None:
+    """Garbage in the copy is reported, not skipped."""
+    target = tmp_path / "audit.jsonl"
+    target.write_text('{"kind": "mint"}\nnot json\n')
+    assert len(check_chains(read_jsonl(target), trimmed=True).breaks) == 2

@@ -1,0 +1,227 @@
+"""The Recorder: hand-off, batches, the spool when the log fails, flushing, adoption, the pending count."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentcaps.audit import AuditKind, Batch, StoredEvent, check_chains, decode, event
+from agentcaps.decision import Decision, Reason
+from agentcaps.errors import StoreUnavailable
+from agentcaps.recorder import Recorder, Spool
+
+NOW = 1_800_000_000.0
+LONG = 3600.0  # a writer interval no test waits for: only flush() and close() wake it
+
+
+class FakeLog:
+    """An AuditLog in a list, that refuses writes while `up` is False."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+        self.up = True
+
+    def append(self, batch: Batch) -> None:
+        if not self.up:
+            raise StoreUnavailable("down")
+        held = {(b.writer, b.first_seq + i) for b in self.batches for i in range(len(b))}
+        fresh = [e for e in batch.events() if (e.writer, e.seq) not in held]
+        if fresh:
+            self.batches.append(Batch(fresh[0].writer, fresh[0].seq, [e.body for e in fresh],
+                                      [e.hash for e in fresh]))  # fmt: skip
+
+    def stored(self) -> list[StoredEvent]:
+        return [
+            StoredEvent(f"{n}", e.body, e.hash)
+            for n, e in enumerate(e for b in self.batches for e in b.events())
+        ]
+
+    def kinds(self) -> list[str]:
+        return [decode(s.body).detail or "" for s in self.stored()]
+
+
+def numbered(n: int) -> object:
+    """A key event whose detail says its number, so tests can check order."""
+    return event(AuditKind.KEY, NOW + n, op="create", key_id="k1", detail=f"e{n}")
+
+
+@pytest.fixture
+def log() -> FakeLog:
+    return FakeLog()
+
+
+@pytest.fixture
+def recorders() -> Iterator[list[Recorder]]:
+    """Recorders a test makes, closed after it."""
+    made: list[Recorder] = []
+    yield made
+    for recorder in made:
+        recorder.close(timeout=5)
+
+
+def make(recorders: list[Recorder], log: FakeLog | None, **options: object) -> Recorder:
+    options.setdefault("interval", LONG)
+    options.setdefault("retry_interval", 0.01)
+    recorder = Recorder(log, **options)  # type: ignore[arg-type]
+    recorders.append(recorder)
+    return recorder
+
+
+def test_verified_only_queues_and_the_writer_writes_on_flush(
+    log: FakeLog, recorders: list[Recorder]
+) -> None:
+    """A verification is queued (pending 1, nothing written) until the writer runs."""
+    recorder = make(recorders, log)
+    decision = Decision(True, Reason.OK, "ab" * 16, "k1", "acme", "alice", ("planner",))
+    recorder.verified(decision, "crm/a", "read", None, None, "gw", 1e-5)
+    assert recorder.pending == 1 and log.batches == []
+    assert recorder.flush(5) is True
+    assert recorder.pending == 0
+    written = decode(log.batches[0].bodies[0])
+    assert (written.kind, written.resource, written.audience) == (
+        AuditKind.VERIFY,
+        "crm/a",
+        ("gw",),
+    )
+
+
+def test_the_writer_writes_in_batches(log: FakeLog, recorders: list[Recorder]) -> None:
+    """Ten queued events go out as batches of at most batch_size, in order, numbered 0..9."""
+    recorder = make(recorders, log, batch_size=4, queue_limit=100)
+    for n in range(10):
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+    assert recorder.flush(5)
+    assert [len(b) for b in log.batches] == [4, 4, 2]
+    assert log.kinds() == [f"e{n}" for n in range(10)]
+    assert check_chains(log.stored(), trimmed=False).ok
+
+
+def test_a_failing_log_sends_events_to_the_spool_then_to_the_log_in_order(
+    log: FakeLog, recorders: list[Recorder], tmp_path: Path
+) -> None:
+    """Log down: events wait in the spool file (pending counts them); log back: all arrive, in order."""
+    recorder = make(recorders, log, spool=tmp_path, batch_size=3)
+    log.up = False
+    for n in range(7):
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+    assert recorder.flush(5) is False
+    assert recorder.pending == 7 and recorder.spool_pending == 7
+    spool_file = tmp_path / f"{recorder.writer}{Spool.SUFFIX}"
+    assert len(spool_file.read_bytes().splitlines()) == 7
+    log.up = True
+    for n in range(7, 9):
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+    assert recorder.flush(5) is True
+    assert recorder.pending == 0
+    assert log.kinds() == [f"e{n}" for n in range(9)]
+    assert check_chains(log.stored(), trimmed=False).ok
+    assert spool_file.read_bytes() == b""
+
+
+def test_close_writes_everything_queued_to_the_log(log: FakeLog, tmp_path: Path) -> None:
+    """Closing flushes the queue: nothing recorded before close is left behind."""
+    recorder = Recorder(log, spool=tmp_path, interval=LONG)
+    for n in range(5):
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+    recorder.close()
+    assert log.kinds() == [f"e{n}" for n in range(5)]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_events_recorded_after_close_are_still_written(log: FakeLog) -> None:
+    """A record() after close is written by its caller, not queued for a thread that is gone."""
+    recorder = Recorder(log, interval=LONG)
+    recorder.close()
+    recorder.record(numbered(0))  # type: ignore[arg-type]
+    assert log.kinds() == ["e0"]
+
+
+def test_close_with_the_log_down_leaves_a_spool_the_next_writer_sends(
+    log: FakeLog, tmp_path: Path, recorders: list[Recorder]
+) -> None:
+    """Shutdown while the log is down: events stay in the spool; the next writer sends them once."""
+    log.up = False
+    first = Recorder(log, spool=tmp_path, interval=LONG, retry_interval=0.01)
+    for n in range(4):
+        first.record(numbered(n))  # type: ignore[arg-type]
+    first.close(timeout=1)
+    left = list(tmp_path.glob("*" + Spool.SUFFIX))
+    assert len(left) == 1 and log.batches == []
+    log.up = True
+    second = make(recorders, log, spool=tmp_path)
+    second.record(numbered(4))  # type: ignore[arg-type]
+    assert second.flush(5)
+    assert sorted(log.kinds()) == [f"e{n}" for n in range(5)]
+    assert not left[0].exists()
+    assert check_chains(log.stored(), trimmed=False).ok
+    assert {b.writer for b in log.batches} == {first.writer, second.writer}
+
+
+def test_a_full_queue_makes_the_caller_write_instead_of_dropping(
+    log: FakeLog, recorders: list[Recorder]
+) -> None:
+    """Past queue_limit, record() writes a batch itself: memory stays bounded, nothing is lost."""
+    recorder = make(recorders, log, queue_limit=8, batch_size=4)
+    for n in range(20):
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+        assert recorder.queued <= 8
+    assert log.batches  # written by the callers, before any flush
+    assert recorder.flush(5)
+    assert log.kinds() == [f"e{n}" for n in range(20)]
+
+
+def test_without_a_spool_events_wait_in_memory_and_are_counted(
+    log: FakeLog, recorders: list[Recorder]
+) -> None:
+    """No spool (memory://): a refused batch waits in memory, pending says so, and it is sent later."""
+    recorder = make(recorders, log)
+    log.up = False
+    recorder.record(numbered(0))  # type: ignore[arg-type]
+    recorder.flush(1)
+    assert recorder.pending == 1 and recorder.status()["failures"] >= 1
+    log.up = True
+    assert recorder.flush(5) and log.kinds() == ["e0"]
+
+
+def test_observers_see_every_event(log: FakeLog, recorders: list[Recorder]) -> None:
+    """An observer (metrics) gets kind, reason, allowed, seconds and op of each event."""
+    seen: list[tuple[object, ...]] = []
+    recorder = make(recorders, log)
+    recorder.observe(seen.extend)
+    decision = Decision(False, Reason.REVOKED, "ab" * 16, "k1", "acme", "alice", ("p",))
+    recorder.verified(decision, "crm/a", "read", None, None, None, 2e-5)
+    recorder.record(numbered(1))  # type: ignore[arg-type]
+    assert recorder.flush(5)
+    assert seen == [
+        ("verify", Reason.REVOKED, False, 2e-5, None),
+        ("key", None, None, None, "create"),
+    ]
+
+
+def test_without_a_log_nothing_is_kept_but_observers_still_count(recorders: list[Recorder]) -> None:
+    """AGENTCAPS_AUDIT=off: no log, nothing pending, metrics still fed."""
+    seen: list[object] = []
+    recorder = make(recorders, None)
+    recorder.observe(seen.extend)
+    recorder.record(numbered(0))  # type: ignore[arg-type]
+    assert recorder.flush(5) and recorder.pending == 0 and len(seen) == 1
+
+
+def test_a_torn_last_spool_line_is_ignored(tmp_path: Path, log: FakeLog) -> None:
+    """A spool file whose last line was cut short (a crash mid-write) gives back its whole lines."""
+    log.up = False
+    first = Recorder(log, spool=tmp_path, interval=LONG, retry_interval=0.01)
+    for n in range(3):
+        first.record(numbered(n))  # type: ignore[arg-type]
+    first.close(timeout=1)
+    path = next(tmp_path.glob("*" + Spool.SUFFIX))
+    path.write_bytes(path.read_bytes() + b"deadbeef AAAA")  # no newline: torn
+    log.up = True
+    second = Recorder(log, spool=tmp_path, interval=LONG, retry_interval=0.01)
+    try:
+        assert second.flush(5)
+        assert log.kinds() == ["e0", "e1", "e2"]
+    finally:
+        second.close()
