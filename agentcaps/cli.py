@@ -833,16 +833,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Rules.load(settings.routes_file)  # a bad rules file stops us here, not in a worker
     policies = Policies.from_settings(settings)  # so do policies that do not load
 
-    def run(app: object, **extra: Any) -> None:
-        uvicorn.run(
-            app,  # type: ignore[arg-type]  # an ASGI app, or an import string with factory=True
-            host=args.host,
-            port=args.port,
-            access_log=False,  # it would log query strings; the app logs each request itself
-            log_config=_log_config(settings.log_format),
-            server_header=False,
-            **extra,
-        )
+    uvicorn_options: dict[str, Any] = {
+        "access_log": False,  # it would log query strings; the app logs requests itself
+        "log_config": _log_config(settings.log_format),
+        "server_header": False,
+    }
+
+    def run(app: object) -> None:
+        uvicorn.run(app, host=args.host, port=args.port, **uvicorn_options)  # type: ignore[arg-type]
 
     if settings.url == MEMORY_URL:
         if args.workers > 1:
@@ -885,10 +883,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.workers > 1:
+        from agentcaps.http.workers import serve_workers
+
         # Each worker builds its own app (and its own connections) from the environment.
-        run("agentcaps.http.app:create_app", factory=True, workers=args.workers)
-    else:
-        run(create_app(settings, policies=policies))
+        return serve_workers(args.workers, args.host, args.port, uvicorn_options)
+    run(create_app(settings, policies=policies))
     return 0
 
 

@@ -169,6 +169,9 @@ class Settings:
     gateway_policy_dir: str | None = None
     # Seconds between checks of the policy folders for changes (0: only SIGHUP).
     policy_poll_interval: float = 1.0
+    # How many tokens whose signature chain held a service verifier remembers
+    # (0: recompute every time). See Verifier's signature_cache_size.
+    signature_cache_size: int = 4096
     # Where audit events go (AGENTCAPS_AUDIT, see parse_audit): the store's
     # stream and/or JSON lines; "off" keeps none (metrics still count).
     audit: str = "redis"
@@ -181,6 +184,10 @@ class Settings:
     audit_max_len: int = DEFAULT_AUDIT_MAX_LEN
     # Log lines of `agentcaps serve`: "json" (one object per line) or "text".
     log_format: str = "json"
+    # Which requests get an access line: `all`, `errors` (status 400 and up:
+    # every decision is in the audit trail already, so a busy forward-auth
+    # service need not log each allowed check twice), or `off`.
+    access_log: str = "errors"
 
     def __repr__(self) -> str:
         # The master key never appears in a repr, a log line or an error.
@@ -224,6 +231,9 @@ class Settings:
         log_format = env.get("AGENTCAPS_LOG_FORMAT") or "json"
         if log_format not in ("json", "text"):
             raise ConfigError("AGENTCAPS_LOG_FORMAT must be json or text")
+        access_log = env.get("AGENTCAPS_ACCESS_LOG") or "errors"
+        if access_log not in ("all", "errors", "off"):
+            raise ConfigError("AGENTCAPS_ACCESS_LOG must be all, errors or off")
         return cls(
             redis_url=env.get("AGENTCAPS_REDIS_URL") or None,
             master_key=master_key,
@@ -239,11 +249,13 @@ class Settings:
             policy_dir=env.get("AGENTCAPS_POLICY_DIR") or None,
             gateway_policy_dir=env.get("AGENTCAPS_GATEWAY_POLICY_DIR") or None,
             policy_poll_interval=_float(env, "AGENTCAPS_POLICY_POLL_INTERVAL", 1.0, 0.0),
+            signature_cache_size=_int(env, "AGENTCAPS_SIGNATURE_CACHE", 4096, 0),
             audit=audit,
             audit_spool=env.get("AGENTCAPS_AUDIT_SPOOL") or None,
             audit_max_age=_int(env, "AGENTCAPS_AUDIT_MAX_AGE", DEFAULT_AUDIT_MAX_AGE, 0),
             audit_max_len=_int(env, "AGENTCAPS_AUDIT_MAX_LEN", DEFAULT_AUDIT_MAX_LEN, 1000),
             log_format=log_format,
+            access_log=access_log,
         )
 
 

@@ -63,6 +63,10 @@ class UnknownKey(AgentCapsError):
     """No root key with this id exists (or it is not usable for the asked job)."""
 
 
+class NeedsIO(AgentCapsError):
+    """Deciding would mean asking a store: raised only to callers that asked for no I/O."""
+
+
 class StoreUnavailable(AgentCapsError):
     """A store did not answer or cannot be trusted right now; callers fail closed."""
 

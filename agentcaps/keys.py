@@ -66,8 +66,11 @@ def new_secret() -> bytes:
 class KeyStore(Protocol):
     """Where root keys live. Implementations raise StoreUnavailable when they cannot answer."""
 
-    def get(self, kid: str) -> RootKey | None:
-        """The key with this id for verification, or None if there is none. Fast: cached."""
+    def get(self, kid: str, *, cached_only: bool = False) -> RootKey | None:
+        """The key with this id for verification, or None if there is none. Fast: cached.
+
+        With `cached_only`, answer from this process's memory or raise NeedsIO.
+        """
         ...
 
     def signing_key(self, customer: str | None) -> RootKey:

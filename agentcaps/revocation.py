@@ -163,7 +163,11 @@ def entry_times(value: bytes) -> tuple[int, int]:
 
 
 class RevocationStore(Protocol):
-    """Where revocations live. `check` raises StoreUnavailable when it cannot know."""
+    """Where revocations live. `check` raises StoreUnavailable when it cannot know.
+
+    A store may say `local = True` when `check` does no I/O (an in-process
+    index): verifiers then decide on an event loop without a thread hop.
+    """
 
     def check(self, facts: TokenFacts) -> Reason | None:
         """The reason a revocation denies this token, or None."""
@@ -190,6 +194,7 @@ class RevocationIndex:
     """
 
     __slots__ = ("_absolute", "_since")
+    local = True  # a check is a few dict lookups in this process
 
     def __init__(self) -> None:
         self._absolute: dict[bytes, int] = {}  # field -> expires_at

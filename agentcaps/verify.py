@@ -20,7 +20,7 @@ from agentcaps.audit import AuditSink
 from agentcaps.caveats import is_canonical_resource
 from agentcaps.claims import Claims, UnverifiedToken, decode_unverified, sorted_names, summarize
 from agentcaps.decision import Decision, Reason, deny
-from agentcaps.errors import InvalidToken, StoreUnavailable
+from agentcaps.errors import InvalidToken, NeedsIO, StoreUnavailable
 from agentcaps.keys import KeyState, KeyStore, RootKey
 from agentcaps.revocation import RevocationStore, TokenFacts
 
@@ -46,6 +46,10 @@ class Verifier:
         limits: size limits applied before any parsing.
         max_lifetime: seconds after issue when any token stops verifying.
         decode_cache_size: how many decoded tokens to remember (0: none).
+        signature_cache_size: how many tokens whose signature chain held to
+            remember (0: none, the default: every call runs the chain). A hit
+            spares only the HMACs; the key's presence and state, the caveats,
+            the clock and revocation are checked on every call.
         audit: where each decision is recorded (None: nowhere). It is handed
             the decision, the request and the time taken, and only queues.
     """
@@ -61,6 +65,7 @@ class Verifier:
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         max_lifetime: int = DEFAULT_MAX_LIFETIME,
         decode_cache_size: int = 4096,
+        signature_cache_size: int = 0,
         audit: AuditSink | None = None,
     ) -> None:
         if leeway < 0:
@@ -77,6 +82,13 @@ class Verifier:
         # the signature, caveats, clock and revocations are checked every call).
         self._decoded: dict[str, _Decoded] = {}
         self._decode_cache_size = decode_cache_size
+        # Token string -> the derived key its chain was checked with. Keyed by
+        # the whole string, so no other token (a copied signature on other
+        # caveats) can ever hit; valid only for that very key object.
+        self._signed: dict[str, bytes] = {}
+        self._signature_cache_size = signature_cache_size
+        # Whether a decision can be made without I/O once the key is cached.
+        self._local = bool(getattr(revocations, "local", False))
         self._audit = audit
 
     @property
@@ -92,6 +104,7 @@ class Verifier:
         action: str,
         purpose: str | None = None,
         actor: str | None = None,
+        local_only: bool = False,
     ) -> Decision:
         """Decide whether `token` allows `action` on `resource` now.
 
@@ -102,9 +115,14 @@ class Verifier:
             purpose: the purpose the caller declares, if any.
             actor: the authenticated identity of the caller, if known; it must
                 be the token's last holder.
+            local_only: decide only if no I/O is needed (the revocation store
+                is local and the key is in cache), else raise NeedsIO before
+                anything is decided or recorded: for an event loop, which
+                must not block, to try first.
 
         Raises:
             TypeError: the request itself (not the token) has the wrong types.
+            NeedsIO: with `local_only`, deciding would mean asking a store.
         """
         if type(resource) is not str or type(action) is not str:
             raise TypeError("resource and action are strings")
@@ -112,20 +130,28 @@ class Verifier:
             actor is not None and type(actor) is not str
         ):
             raise TypeError("purpose and actor are strings or None")
+        if local_only and not self._local:
+            raise NeedsIO("revocations are checked in Redis")
         audit = self._audit
         if audit is None:
-            return self._decide(token, resource, action, purpose, actor)
+            return self._decide(token, resource, action, purpose, actor, local_only)
         started = perf_counter()
-        decision = self._decide(token, resource, action, purpose, actor)
+        decision = self._decide(token, resource, action, purpose, actor, local_only)
         audit.verified(
             decision, resource, action, purpose, actor, self._audience, perf_counter() - started
         )
         return decision
 
     def _decide(
-        self, token: object, resource: str, action: str, purpose: str | None, actor: str | None
+        self,
+        token: object,
+        resource: str,
+        action: str,
+        purpose: str | None,
+        actor: str | None,
+        local_only: bool = False,
     ) -> Decision:
-        found = self._authentic(token)
+        found = self._authentic(token, local_only)
         if isinstance(found, Decision):
             return found
         (unverified, claims), key = found
@@ -163,8 +189,14 @@ class Verifier:
         (unverified, claims), _key = found
         return _decision(unverified, claims, None)
 
-    def _authentic(self, token: object) -> Decision | tuple[_Decoded, RootKey]:
-        """The decoded token and its key if the signature holds, else the deny Decision."""
+    def _authentic(
+        self, token: object, local_only: bool = False
+    ) -> Decision | tuple[_Decoded, RootKey]:
+        """The decoded token and its key if the signature holds, else the deny Decision.
+
+        Raises:
+            NeedsIO: with `local_only`, the key is not in the key store's cache.
+        """
         decoded = self._decoded.get(token) if type(token) is str else None
         if decoded is None:
             try:
@@ -173,15 +205,21 @@ class Verifier:
                 return deny(exc.reason)
         raw = decoded[0].raw
         try:
-            key = self._keys.get(decoded[0].identifier.kid)
+            kid = decoded[0].identifier.kid
+            key = self._keys.get(kid, cached_only=True) if local_only else self._keys.get(kid)
         except StoreUnavailable:
             return deny(Reason.REVOCATION_UNAVAILABLE)
         if key is None:
             return deny(Reason.UNKNOWN_KEY)
-        vids = {extra.position: extra.vid for extra in raw.third_party if extra.vid is not None}
-        expected = signature.chain(key.derived, raw.identifier, raw.cids, vids)
-        if not signature.signatures_equal(expected, raw.signature):
-            return deny(Reason.BAD_SIGNATURE)
+        if self._signed.get(token) is not key.derived:  # type: ignore[call-overload]
+            vids = {x.position: x.vid for x in raw.third_party if x.vid is not None}
+            expected = signature.chain(key.derived, raw.identifier, raw.cids, vids)
+            if not signature.signatures_equal(expected, raw.signature):
+                return deny(Reason.BAD_SIGNATURE)
+            if self._signature_cache_size:
+                if len(self._signed) >= self._signature_cache_size:
+                    self._signed.clear()
+                self._signed[token] = key.derived  # type: ignore[index]  # decoded: a str
         # From here on the token is authentic: its claims may be reported.
         return decoded, key
 

@@ -62,11 +62,16 @@ class AccessMiddleware:
         app: the app.
         observe: called once per answered request (metrics), with the route's
             path template (or "unmatched").
+        access_log: `all` requests, only `errors` (status 400 and up), or `off`.
     """
 
-    def __init__(self, app: ASGIApp, *, observe: RequestObserver | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, observe: RequestObserver | None = None, access_log: str = "all"
+    ) -> None:
         self.app = app
         self.observe = observe
+        # The lowest status that gets a line (above any status: none).
+        self._log_from = {"all": 0, "errors": 400, "off": 1000}[access_log]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,33 +108,39 @@ class AccessMiddleware:
                 status = 500
         finally:
             seconds = time.perf_counter() - started
-            client = scope.get("client")
-            where = f"{client[0]}:{client[1]}" if client else "-"
-            path = mask_tokens(scope["path"])
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            log.info(
-                '%s - "%s %s" %d %.1fms',
-                where,
-                scope["method"],
-                path,
-                status,
-                seconds * 1000,
-                extra={
-                    "fields": {
-                        "event": "request",
-                        "client": where,
-                        "method": scope["method"],
-                        "path": path,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(seconds * 1000, 3),
-                    },
-                    "request_id": request_id,
-                },
-            )
+            if status >= self._log_from:
+                _log_request(scope, status, seconds, route, request_id)
             if self.observe is not None:
                 self.observe(scope["method"], route, status, seconds)
             REQUEST_ID.reset(reset)
+
+
+def _log_request(scope: Scope, status: int, seconds: float, route: str, request_id: str) -> None:
+    """One access line: the path without its query, token-shaped parts masked."""
+    client = scope.get("client")
+    where = f"{client[0]}:{client[1]}" if client else "-"
+    path = mask_tokens(scope["path"])
+    log.info(
+        '%s - "%s %s" %d %.1fms',
+        where,
+        scope["method"],
+        path,
+        status,
+        seconds * 1000,
+        extra={
+            "fields": {
+                "event": "request",
+                "client": where,
+                "method": scope["method"],
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+            },
+            "request_id": request_id,
+        },
+    )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -138,7 +138,13 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessMiddleware, observe=service.metrics.request)],
+        middleware=[
+            Middleware(
+                AccessMiddleware,
+                observe=service.metrics.request,
+                access_log=settings.access_log,
+            )
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -7,18 +7,22 @@ actor) -> an allowing Decision, or the error that explains the refusal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
+from starlette.concurrency import run_in_threadpool
+
 from agentcaps.decision import Decision, Reason
-from agentcaps.errors import NotAllowed, NotAuthenticated, refusal
+from agentcaps.errors import NeedsIO, NotAllowed, NotAuthenticated, refusal
 from agentcaps.http.rules import PathRefused, Rules
 
 # Header values are ASCII; names may be any printable text. Values are
 # percent-encoded UTF-8 with ',' and '%' always encoded, so a list joined
 # with ',' splits back unambiguously.
 _HEADER_SAFE = "-._~:@!$&'()*+;=/"
+
+T = TypeVar("T")
 
 
 def bearer_token(authorization: Sequence[str]) -> str | None:
@@ -68,6 +72,7 @@ class RequestVerifier(Protocol):
         action: str,
         purpose: str | None = None,
         actor: str | None = None,
+        local_only: bool = False,
     ) -> Decision: ...
 
 
@@ -87,6 +92,7 @@ class Gate:
         purpose: str | None = None,
         actor: str | None = None,
         refused: PathRefused | None = None,
+        local_only: bool = False,
     ) -> Decision:
         """The allowing decision for this request, else raise the refusal.
 
@@ -94,9 +100,10 @@ class Gate:
         an empty purpose or actor counts as none. `refused`: the caller
         already found the request ambiguous; the token is still judged, so
         that a bad token answers 401 and a good one this refusal.
+        `local_only`: see Verifier.verify.
 
         Raises:
-            NotAuthenticated, NotAllowed, StoreUnavailable.
+            NotAuthenticated, NotAllowed, StoreUnavailable; NeedsIO with `local_only`.
         """
         token = bearer_token(authorization)
         if token is None:
@@ -114,7 +121,12 @@ class Gate:
         # With a refused path the token is judged on "", which is no resource:
         # this never allows, and tells a bad token apart from a bad path.
         decision = self._verifier.verify(
-            token, resource=resource, action=action, purpose=purpose, actor=actor
+            token,
+            resource=resource,
+            action=action,
+            purpose=purpose,
+            actor=actor,
+            local_only=local_only,
         )
         if decision.allowed:
             return decision
@@ -127,3 +139,16 @@ class Gate:
                 decision.reason,
             )
         raise error
+
+
+async def without_blocking(decide: Callable[[bool], T]) -> T:
+    """`decide(local_only=True)` right on the event loop; if it needs I/O, `decide(False)` in a thread.
+
+    A replica-mode verification with a cached key is microseconds of CPU:
+    handing it to a thread would cost more than it does. Anything that must
+    ask Redis still runs off the loop.
+    """
+    try:
+        return decide(True)
+    except NeedsIO:
+        return await run_in_threadpool(decide, False)

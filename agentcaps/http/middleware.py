@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcaps.audit import REQUEST_ID
 from agentcaps.errors import AgentCapsError
 from agentcaps.http.errors import error_response
-from agentcaps.http.gate import Gate, RequestVerifier
+from agentcaps.http.gate import Gate, RequestVerifier, without_blocking
 from agentcaps.http.logs import REQUEST_ID_HEADER, request_id_from
 from agentcaps.http.rules import Rules
 
@@ -74,14 +73,16 @@ class AgentcapsMiddleware:
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, raw_path: bytes
     ) -> None:
         try:
-            # Verification may ask Redis: keep it off the event loop.
-            decision = await run_in_threadpool(
-                self.gate.decide,
-                authorization=headers.getlist("authorization"),
-                method=scope["method"],
-                target=raw_path.decode("latin-1"),
-                purpose=headers.get("x-agentcaps-purpose"),
-                actor=headers.get("x-agentcaps-actor"),
+            # Verification may ask Redis: then it runs off the event loop.
+            decision = await without_blocking(
+                lambda local_only: self.gate.decide(
+                    authorization=headers.getlist("authorization"),
+                    method=scope["method"],
+                    target=raw_path.decode("latin-1"),
+                    purpose=headers.get("x-agentcaps-purpose"),
+                    actor=headers.get("x-agentcaps-actor"),
+                    local_only=local_only,
+                )
             )
         except AgentCapsError as exc:
             await error_response(exc)(scope, receive, send)

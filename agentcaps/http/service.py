@@ -74,13 +74,16 @@ class Service:
         if audit is None:
             audit = open_audit(stores, clock=clock, settings=settings)
         recorder = audit.recorder
+        cache = settings.signature_cache_size
         gateway = PolicedVerifier(
-            stores.verifier(clock=clock, audience=settings.audience),
+            stores.verifier(clock=clock, audience=settings.audience, signature_cache_size=cache),
             policies.gateway,
             clock,
             audit=recorder,
         )
-        service_verifier = stores.verifier(clock=clock, audience=SERVICE_AUDIENCE, audit=recorder)
+        service_verifier = stores.verifier(
+            clock=clock, audience=SERVICE_AUDIENCE, audit=recorder, signature_cache_size=cache
+        )
         for store in policies.stores:
             store.subscribe(_reload_listener(recorder, store.kind.value, clock))
         return cls(

@@ -12,6 +12,7 @@ from agentcaps.audit import issuer_event, mint_event
 from agentcaps.errors import NotAuthenticated
 from agentcaps.http.body import parse
 from agentcaps.http.endpoint import Endpoint, respond
+from agentcaps.http.gate import without_blocking
 from agentcaps.http.models import (
     AttenuateRequest,
     AttenuateResponse,
@@ -137,13 +138,15 @@ async def attenuate_token(request: Request) -> Response:
 async def verify_token(request: Request) -> Response:
     service = service_of(request)
     body = await parse(request, VerifyRequest)
-    decision = await run_in_threadpool(
-        service.gateway.verify,
-        body.token,
-        resource=body.resource,
-        action=body.action,
-        purpose=body.purpose,
-        actor=body.actor,
+    decision = await without_blocking(
+        lambda local_only: service.gateway.verify(
+            body.token,
+            resource=body.resource,
+            action=body.action,
+            purpose=body.purpose,
+            actor=body.actor,
+            local_only=local_only,
+        )
     )
     return respond(DecisionResponse.model_validate(decision.to_dict()))
 

@@ -208,11 +208,21 @@ class PolicedVerifier:
         action: str,
         purpose: str | None = None,
         actor: str | None = None,
+        local_only: bool = False,
     ) -> Decision:
-        """Verifier.verify, then the gateway policy for an allowed request."""
+        """Verifier.verify, then the gateway policy for an allowed request.
+
+        Raises:
+            NeedsIO: as Verifier.verify with `local_only` (the policy itself needs none).
+        """
         started = perf_counter()
         decision = self.verifier.verify(
-            token, resource=resource, action=action, purpose=purpose, actor=actor
+            token,
+            resource=resource,
+            action=action,
+            purpose=purpose,
+            actor=actor,
+            local_only=local_only,
         )
         outcome = apply_gateway_policy(
             self.gateway,

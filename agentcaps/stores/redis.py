@@ -61,6 +61,7 @@ from agentcaps.decision import Reason
 from agentcaps.errors import (
     ConfigError,
     InvalidArgument,
+    NeedsIO,
     NothingPersistsWarning,
     RevocationStateLost,
     StoreUnavailable,
@@ -349,13 +350,14 @@ class RedisKeyStore:
             secret=self._open(kid, record[b"blob"]),
         )
 
-    def get(self, kid: str) -> RootKey | None:
+    def get(self, kid: str, *, cached_only: bool = False) -> RootKey | None:
         """The key with this id, from the local cache when possible.
 
         Raises:
             StoreUnavailable: Redis did not answer, or the key does not decrypt
                 under this process's master key (verification fails closed; the
                 log says why).
+            NeedsIO: with `cached_only`, the answer is not in this process's memory.
         """
         key = self._cache.get(kid)
         if key is not None:
@@ -363,6 +365,8 @@ class RedisKeyStore:
         now = time.monotonic()
         if self._missing.get(kid, 0.0) > now:
             return None
+        if cached_only:
+            raise NeedsIO(f"root key {kid} is not cached")
         try:
             key = self._load(kid)
         except ConfigError as exc:
@@ -498,6 +502,8 @@ class RedisRevocationStore:
             (default: `client`); its read timeout must outlast `wait_timeout`,
             or a slow replica ends in a bare socket timeout.
     """
+
+    local = False  # every check asks Redis
 
     def __init__(
         self,
@@ -767,6 +773,8 @@ class ReplicaRevocationStore:
     after a detected loss. A gap in the event sequence (the stream was trimmed
     past us, or we reconnected) triggers a full reload.
     """
+
+    local = True  # checks read the in-process index: no I/O
 
     def __init__(
         self,

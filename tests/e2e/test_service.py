@@ -303,7 +303,7 @@ def test_serve_refuses_to_start_with_the_wrong_master_key(
 
 
 def test_several_workers_share_one_redis(redis_server: RedisServer, tmp_path: Path) -> None:
-    """--workers 2 serves from an app factory; every request sees the same keys and revocations."""
+    """--workers 2: every worker, on its own socket, sees the same keys and revocations; SIGTERM stops all."""
     env = deployment_env(redis_server)
     service = Service(tmp_path, env, "--workers", "2")
     service.start(timeout=40)
@@ -320,7 +320,8 @@ def test_several_workers_share_one_redis(redis_server: RedisServer, tmp_path: Pa
             body = {"token": token, "resource": "crm/a", "action": "read"}
             assert all(http.post("/v1/verify", json=body).json()["allowed"] for _ in range(8))
     finally:
-        service.stop()
+        status = service.stop()
+    assert status == 0, service.output()  # SIGTERM stops every worker cleanly
 
 
 def test_memory_serve_prints_a_bootstrap_admin_token_and_warns(tmp_path: Path) -> None:

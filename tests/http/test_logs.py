@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+from starlette.testclient import TestClient
 
 import agentcaps
-from tests.conftest import SCOPE
+from agentcaps.config import Settings
+from agentcaps.http.app import create_app
+from tests.conftest import MASTER_KEY, SCOPE
 from tests.http.conftest import Api, bearer
 
 
@@ -33,3 +36,18 @@ def test_a_whole_session_logs_no_token(api: Api, caplog: pytest.LogCaptureFixtur
         assert token not in text
         assert token[4:40] not in text
     assert "?" not in "".join(r.getMessage() for r in access)
+
+
+@pytest.mark.parametrize(("mode", "lines"), [("all", 3), ("errors", 1), ("off", 0)])
+def test_access_log_setting_chooses_which_requests_get_a_line(
+    memory_stores, clock, caplog: pytest.LogCaptureFixture, mode: str, lines: int
+) -> None:
+    """AGENTCAPS_ACCESS_LOG: every request, only those answered 400 and up, or none."""
+    caplog.set_level(logging.INFO, logger="agentcaps.http.access")
+    app = create_app(Settings(master_key=MASTER_KEY, access_log=mode), memory_stores, clock)
+    with TestClient(app) as client:
+        client.get("/healthz")
+        client.get("/readyz")
+        client.get("/v1/authz/crm/a")  # no token: 401
+    access = [r for r in caplog.records if r.name == "agentcaps.http.access"]
+    assert len(access) == lines
