@@ -193,12 +193,17 @@ class RevocationIndex:
     user and agent lookups entirely while there are none of those.
     """
 
-    __slots__ = ("_absolute", "_since")
+    __slots__ = ("_absolute", "_instants", "_since")
     local = True  # a check is a few dict lookups in this process
 
     def __init__(self) -> None:
         self._absolute: dict[bytes, int] = {}  # field -> expires_at
         self._since: dict[bytes, tuple[int, int]] = {}  # field -> (revoked_at, expires_at)
+        # Expiries are kept to the next whole minute (an entry outlives its
+        # need by under a minute) and each such minute is one shared int:
+        # revocations made in the same minute share it, which keeps the index
+        # small when it holds millions of entries.
+        self._instants: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._absolute) + len(self._since)
@@ -213,6 +218,8 @@ class RevocationIndex:
         return index
 
     def _put(self, field: bytes, revoked_at: int, expires_at: int) -> None:
+        minute = -(-expires_at // 60) * 60
+        expires_at = self._instants.setdefault(minute, minute)
         if field[0] in _ABSOLUTE_TAGS:
             if self._absolute.get(field, -1) < expires_at:
                 self._absolute[field] = expires_at
@@ -231,9 +238,10 @@ class RevocationIndex:
         fresh = RevocationIndex()
         for field, (revoked_at, expires_at) in entries.items():
             fresh._put(field, revoked_at, expires_at)
-        # Two attribute stores: a concurrent check sees the old or the new set
-        # of each kind, never a half-built one.
+        # Attribute stores: a concurrent check sees the old or the new set of
+        # each kind, never a half-built one.
         self._absolute, self._since = fresh._absolute, fresh._since
+        self._instants = fresh._instants
 
     def prune(self, now: float) -> int:
         """Forget entries that can no longer touch a valid token; return how many."""
@@ -243,6 +251,7 @@ class RevocationIndex:
         stale_since = [f for f, (_, exp) in self._since.items() if exp <= now]
         for field in stale_since:
             self._since.pop(field, None)
+        self._instants = {t: t for t in self._instants if t > now}
         return len(stale) + len(stale_since)
 
     def check(self, facts: TokenFacts) -> Reason | None:

@@ -89,13 +89,15 @@ def test_a_later_revocation_of_the_same_subject_wins():
 
 
 def test_prune_forgets_only_expired_entries():
-    """prune() drops entries whose expiry has passed and keeps the rest."""
+    """prune() drops entries whose expiry (to the minute) has passed and keeps the rest."""
     index = index_of(
         entry(RevocationKind.TOKEN, TID.hex(), until=100),
         entry(RevocationKind.AGENT, "tool", until=100),
         entry(RevocationKind.DELEGATION, D1.hex(), until=10_000),
     )
-    assert index.prune(100) == 2
+    # Expiries are kept to the next whole minute: at 100 nothing has expired yet.
+    assert index.prune(100) == 0
+    assert index.prune(120) == 2
     assert len(index) == 1
     assert index.check(FACTS) is Reason.REVOKED  # the delegation entry remains
 
