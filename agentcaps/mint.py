@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NotRequired, TypedDict, Unpack
 
 from agentcaps import caveats as cv
 from agentcaps import signature, wire
@@ -46,6 +47,22 @@ class MintedToken:
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
         }
+
+
+class MintRequest(TypedDict):
+    """The keywords of `Minter.mint`, `issue` and `plan` (and `mint_with_policy`)."""
+
+    customer: str
+    user: str
+    agent: str
+    resources: Sequence[str]
+    actions: Sequence[str]
+    purposes: Sequence[str]
+    ttl: int
+    audience: NotRequired[Sequence[str] | None]
+    max_delegations: NotRequired[int | None]
+    not_before: NotRequired[int | None]
+    platform_key: NotRequired[bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,80 +133,27 @@ class Minter:
         self._clock = clock
         self._max_ttl = max_ttl
 
-    def mint(
-        self,
-        *,
-        customer: str,
-        user: str,
-        agent: str,
-        resources: Sequence[str],
-        actions: Sequence[str],
-        purposes: Sequence[str],
-        ttl: int,
-        audience: Sequence[str] | None = None,
-        max_delegations: int | None = None,
-        not_before: int | None = None,
-        platform_key: bool = False,
-    ) -> str:
+    def mint(self, **request: Unpack[MintRequest]) -> str:
         """Mint a token for `agent` acting for `user` of `customer`; return the token string.
 
         The token carries exactly one principal, one agent, the scope
         (resources, actions, purposes), an expiry `ttl` seconds from now, and
-        optionally an audience, a delegation limit and a start time.
+        optionally an audience, a delegation limit and a start time (see
+        MintRequest for every keyword).
 
         Raises:
             InvalidArgument: a value that cannot go into a token.
             StoreUnavailable: the key store did not answer.
         """
-        return self.issue(
-            customer=customer,
-            user=user,
-            agent=agent,
-            resources=resources,
-            actions=actions,
-            purposes=purposes,
-            ttl=ttl,
-            audience=audience,
-            max_delegations=max_delegations,
-            not_before=not_before,
-            platform_key=platform_key,
-        ).token
+        return self.issue(**request).token
 
-    def issue(
-        self,
-        *,
-        customer: str,
-        user: str,
-        agent: str,
-        resources: Sequence[str],
-        actions: Sequence[str],
-        purposes: Sequence[str],
-        ttl: int,
-        audience: Sequence[str] | None = None,
-        max_delegations: int | None = None,
-        not_before: int | None = None,
-        platform_key: bool = False,
-    ) -> MintedToken:
+    def issue(self, **request: Unpack[MintRequest]) -> MintedToken:
         """`mint`, returning the token with its id, key id and times.
 
         The customer's active key signs, unless `platform_key` asks for the
         platform's (the service's own admin and issuer tokens).
         """
-        return self.sign(
-            self.plan(
-                customer=customer,
-                user=user,
-                agent=agent,
-                resources=resources,
-                actions=actions,
-                purposes=purposes,
-                ttl=ttl,
-                audience=audience,
-                max_delegations=max_delegations,
-                not_before=not_before,
-                platform_key=platform_key,
-            )
-        )
+        return self.sign(self.plan(**request))
 
     def plan(
         self,

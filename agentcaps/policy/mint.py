@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from agentcaps.mint import DEFAULT_MAX_TTL, MintedToken, Minter
+from agentcaps.errors import InvalidArgument
+from agentcaps.mint import DEFAULT_MAX_TTL, MintedToken, Minter, MintRequest
 from agentcaps.policy.decision import PolicyDecision
 from agentcaps.policy.schema import PolicyKind, default_mint_policy
 from agentcaps.policy.store import PolicyStore
@@ -150,20 +151,7 @@ class PolicyEngine:
 
 
 def mint_with_policy(
-    minter: Minter,
-    engine: PolicyEngine,
-    issuer: MintIssuer,
-    *,
-    customer: str,
-    user: str,
-    agent: str,
-    resources: Sequence[str],
-    actions: Sequence[str],
-    purposes: Sequence[str],
-    ttl: int,
-    audience: Sequence[str] | None = None,
-    max_delegations: int | None = None,
-    not_before: int | None = None,
+    minter: Minter, engine: PolicyEngine, issuer: MintIssuer, **request: Unpack[MintRequest]
 ) -> tuple[MintedToken, PolicyDecision]:
     """Check a mint, ask the mint policy about it, then sign the very token it judged.
 
@@ -176,29 +164,22 @@ def mint_with_policy(
         PolicyDenied: the policy does not allow it (nothing is signed).
         StoreUnavailable: the key store did not answer.
     """
-    plan = minter.plan(
-        customer=customer,
-        user=user,
-        agent=agent,
-        resources=resources,
-        actions=actions,
-        purposes=purposes,
-        ttl=ttl,
-        audience=audience,
-        max_delegations=max_delegations,
-        not_before=not_before,
-    )
+    if request.get("platform_key"):
+        raise InvalidArgument(
+            "agent tokens are signed by their customer's key, never the platform's"
+        )
+    plan = minter.plan(**request)
     grant = MintGrant(
         token_id=plan.token_id.hex(),
-        customer=customer,
-        user=user,
-        agent=agent,
-        resources=tuple(resources),
-        actions=tuple(actions),
-        purposes=tuple(purposes),
-        ttl=ttl,
-        audience=tuple(audience or ()),
-        max_delegations=max_delegations,
+        customer=request["customer"],
+        user=request["user"],
+        agent=request["agent"],
+        resources=tuple(request["resources"]),
+        actions=tuple(request["actions"]),
+        purposes=tuple(request["purposes"]),
+        ttl=request["ttl"],
+        audience=tuple(request.get("audience") or ()),
+        max_delegations=request.get("max_delegations"),
     )
     decision = engine.authorize_mint(issuer, grant, plan.issued_at)
     if not decision.allowed:
