@@ -62,7 +62,12 @@ DEFAULT_QUEUE_LIMIT = 50_000
 # batches let it keep up with a busy verifier: each write costs it a round
 # trip, and a thread waits for the GIL after every blocking call.
 DEFAULT_BATCH_SIZE = 2048
-DEFAULT_INTERVAL = 0.05  # seconds the writer sleeps when the queue is empty
+# Seconds an event waits at most for the writer while less than a batch is
+# queued: the writer writes full batches at once, and what trickles in every
+# so often. (Writing whatever is queued as soon as the last write returned
+# would cost a round trip and a GIL hand-off for every event or two under a
+# steady stream: ten times what the events cost themselves.)
+DEFAULT_INTERVAL = 0.05
 DEFAULT_RETRY_INTERVAL = 1.0  # seconds between attempts while the log is unavailable
 _ORPHAN_INTERVAL = 30.0  # seconds between looks for other writers' spool files
 _DRAIN_BATCHES = 8  # batches of the queue, then of the backlog, per writer cycle
@@ -211,7 +216,7 @@ class Recorder:
         writer: this writer's chain id (default: a fresh one).
         queue_limit: events held in memory before the caller writes a batch itself.
         batch_size: events per write.
-        interval: seconds the writer sleeps when there is nothing to do.
+        interval: seconds an event waits at most while less than a batch is queued.
         retry_interval: seconds between attempts while the log fails.
     """
 
@@ -560,7 +565,11 @@ class Recorder:
                 os.close(fd)
 
     def _cycle(self) -> bool:
-        """Write some of what is queued, then some of what waits; True when there is more to do."""
+        """Write some of what is queued, then some of what waits; True when there is more to do now.
+
+        "Now": a full batch queued, or a backlog the log takes; a partial
+        batch waits for the next round (`interval`), or for `flush`.
+        """
         # A few batches of each per cycle: under a steady stream of new events
         # the spool must still drain (new events go behind it).
         for _ in range(_DRAIN_BATCHES):
@@ -569,7 +578,7 @@ class Recorder:
             with self._lock:
                 self._process(self._take(self._batch))
         if self._log is None or not self.log_available:
-            return bool(self._queue)
+            return len(self._queue) >= self._batch
         with self._lock:
             # A few batches of the backlog per cycle, then back to the queue:
             # new events go behind the backlog, so it shrinks while the log
@@ -584,7 +593,9 @@ class Recorder:
                 and time.monotonic() >= self._orphans_at
             ):
                 self._adopt_orphans()
-            return bool(self._queue) or (bool(self.spool_pending) and self.log_available)
+            return len(self._queue) >= self._batch or (
+                bool(self.spool_pending) and self.log_available
+            )
 
     def _run(self) -> None:
         while not self._stop.is_set():

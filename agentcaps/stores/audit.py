@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ _HEAD_PRUNE_INTERVAL = 3600.0
 #   KEYS: events, heads
 #   ARGV: writer, first seq, max length, max age (s, 0: none), then the events:
 #         their hashes (64 characters each) back to back, their bodies back to
-#         back, and the bodies' lengths (decimal, comma-separated)
+#         back, and the bodies' lengths (4-byte big-endian each, back to back)
 _APPEND = """
 local head = redis.call('HGET', KEYS[2], ARGV[1])
 local have = -1
@@ -80,11 +81,12 @@ if head then have = tonumber(string.match(head, '^(%d+)')) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seq = tonumber(ARGV[2])
-local hashes, bodies = ARGV[5], ARGV[6]
+local hashes, bodies, lengths = ARGV[5], ARGV[6], ARGV[7]
 local h, b = 1, 1
 local last, lasthash = nil, nil
-for length in string.gmatch(ARGV[7], '%d+') do
-  local n = tonumber(length)
+for l = 1, #lengths, 4 do
+  local b1, b2, b3, b4 = string.byte(lengths, l, l + 3)
+  local n = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
   if seq > have then
     local hash = string.sub(hashes, h, h + 63)
     redis.call('XADD', KEYS[1], '*', 'e', string.sub(bodies, b, b + n - 1), 'h', hash)
@@ -201,7 +203,7 @@ class RedisAuditLog:
             self._max_age,
             "".join(batch.hashes),
             b"".join(batch.bodies),
-            ",".join(map(str, map(len, batch.bodies))),
+            struct.pack(f">{len(batch.bodies)}I", *map(len, batch.bodies)),
         ]
 
     def prune_heads(self) -> int:
