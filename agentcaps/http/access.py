@@ -19,10 +19,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import parse_qsl, unquote_plus
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcaps.audit import REQUEST_ID
@@ -86,10 +85,7 @@ class AccessMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                if "cache-control" not in headers:
-                    headers["Cache-Control"] = "no-store"
-                headers[REQUEST_ID_HEADER] = request_id
+                message["headers"] = _with_ours(message.get("headers", ()), request_id)
             await send(message)
 
         try:
@@ -141,6 +137,21 @@ def _log_request(scope: Scope, status: int, seconds: float, route: str, request_
             "request_id": request_id,
         },
     )
+
+
+def _with_ours(
+    headers: Iterable[tuple[bytes, bytes]], request_id: str
+) -> list[tuple[bytes, bytes]]:
+    """A response's headers with our X-Request-Id, and Cache-Control: no-store unless it has one."""
+    out = [(name, value) for name, value in headers if name.lower() != _REQUEST_ID]
+    if not any(name.lower() == b"cache-control" for name, _ in out):
+        out.append(_NO_STORE)
+    out.append((_REQUEST_ID, request_id.encode("latin-1")))
+    return out
+
+
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode("latin-1")
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

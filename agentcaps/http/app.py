@@ -33,10 +33,10 @@ Clock = Callable[[], float]
 log = logging.getLogger("agentcaps.http")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
+    *forward_auth.ENDPOINTS,  # first: the route that answers most requests is matched first
     *tokens.ENDPOINTS,
     *revocations.ENDPOINTS,
     *keys.ENDPOINTS,
-    *forward_auth.ENDPOINTS,
     *audit.ENDPOINTS,
     *health.ENDPOINTS,
     metrics.ENDPOINT,

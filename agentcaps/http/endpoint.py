@@ -14,8 +14,11 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
-Handler = Callable[[Request], Awaitable[Response]]
+# A request handler, or a plain ASGI app (an object, not a function: Starlette
+# tells the two apart that way) for a route that builds no Request or Response.
+Handler = Callable[[Request], Awaitable[Response]] | ASGIApp
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,12 @@ class Endpoint:
     Args:
         methods: HTTP methods it answers.
         path: the Starlette path, e.g. "/v1/keys/{kid}/rotate".
-        handler: the async handler.
+        handler: the async handler, or a plain ASGI app.
         summary: one line for OpenAPI.
         body: the request model, if it reads a JSON body.
         query: the model of its query string, if it reads one.
         body_optional: an empty body stands for `{}`.
-        responses: success status -> response model.
+        responses: success status -> response model (None: no body).
         errors: error statuses it may answer (ErrorResponse bodies).
         auth: who may call it, in words; None: anyone.
         headers: request headers it reads, name -> description.
@@ -44,7 +47,7 @@ class Endpoint:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     body_optional: bool = False
-    responses: Mapping[int, type[BaseModel]] = field(default_factory=dict)
+    responses: Mapping[int, type[BaseModel] | None] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     auth: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)

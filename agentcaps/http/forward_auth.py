@@ -12,7 +12,7 @@ A client can add headers of the family its gateway does not set. So when the
 request names its original request more than once, every naming must agree,
 or the request is denied: a client must not pick the path it is judged on.
 
-Answers: 200 with X-Agentcaps-Customer, -User, -Agent (the last holder),
+Answers: 200, with no body, and X-Agentcaps-Customer, -User, -Agent (the last holder),
 -Chain, -Token-Id, -Purpose; 401 with WWW-Authenticate for a missing or
 unacceptable token; 403 with X-Agentcaps-Reason for a good token that does
 not allow this request; 503 when revocation state is unknown.
@@ -20,16 +20,15 @@ not allow this request; 503 when revocation state is unknown.
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
+from collections.abc import Iterable
 
-from agentcaps.decision import Reason
+from starlette.types import Receive, Scope, Send
+
 from agentcaps.http.endpoint import Endpoint
 from agentcaps.http.errors import BadRequest
-from agentcaps.http.gate import identity_headers, without_blocking
-from agentcaps.http.models import AuthzResponse
+from agentcaps.http.gate import IDENTITY_HEADERS, identity_values, without_blocking
 from agentcaps.http.rules import PathRefused
-from agentcaps.http.service import service_of
+from agentcaps.http.service import Service
 
 PREFIX = "/v1/authz"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -38,17 +37,36 @@ _FAMILIES = (
     ("x-original-method", "x-original-uri"),  # nginx
     ("x-forwarded-method", "x-forwarded-uri"),  # Traefik
 )
+# The request headers forward-auth reads (ASGI gives names in lowercase).
+_READ = frozenset(
+    {b"authorization", b"x-agentcaps-purpose", b"x-agentcaps-actor"}
+    | {name.encode() for family in _FAMILIES for name in family}
+)
 
 
-def _one(request: Request, name: str) -> str | None:
-    values = request.headers.getlist(name)
+def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, list[str]]:
+    """The headers forward-auth reads, each with all its values, in one pass over the request's."""
+    found: dict[str, list[str]] = {}
+    for name, value in raw:
+        if name in _READ:
+            found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+    return found
+
+
+def _one(headers: dict[str, list[str]], name: str) -> str | None:
+    values = headers.get(name)
+    if values is None:
+        return None
     if len(values) > 1:
         raise PathRefused(f"{name} is given more than once")
-    return values[0] if values else None
+    return values[0]
 
 
-def original_request(request: Request) -> tuple[str, str]:
-    """The original (method, raw target) this forward-auth request asks about.
+def original_request(method: str, raw_path: str, headers: dict[str, list[str]]) -> tuple[str, str]:
+    """The original (method, raw target) a forward-auth request asks about.
+
+    `method` and `raw_path` are the forward-auth request's own; `headers`
+    as `read_headers` gives them.
 
     Raises:
         BadRequest: it names no original request.
@@ -56,14 +74,12 @@ def original_request(request: Request) -> tuple[str, str]:
     """
     named: list[tuple[str, str]] = []
     for method_header, uri_header in _FAMILIES:
-        uri = _one(request, uri_header)
-        method = _one(request, method_header)
+        uri = _one(headers, uri_header)
+        original = _one(headers, method_header)
         if uri is not None:
-            named.append(((method or request.method).upper(), uri))
-    raw_path = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
-    raw = raw_path.decode("latin-1")
-    if raw.startswith(PREFIX + "/"):
-        named.append((request.method.upper(), raw[len(PREFIX) :]))
+            named.append(((original or method).upper(), uri))
+    if raw_path.startswith(PREFIX + "/"):
+        named.append((method.upper(), raw_path[len(PREFIX) :]))
     if not named:
         raise BadRequest(
             "no original request: send X-Original-Method and X-Original-URI (nginx), "
@@ -71,40 +87,59 @@ def original_request(request: Request) -> tuple[str, str]:
         )
     first_method, first_target = named[0]
     first_path = first_target.split("?", 1)[0]
-    for method, target in named[1:]:
-        if method != first_method or target.split("?", 1)[0] != first_path:
+    for method_, target in named[1:]:
+        if method_ != first_method or target.split("?", 1)[0] != first_path:
             raise PathRefused("the original request is named more than once, differently")
     return first_method, first_target
 
 
-async def authz(request: Request) -> Response:
-    service = service_of(request)
-    authorization = request.headers.getlist("authorization")
-    purpose = request.headers.get("x-agentcaps-purpose")
-    actor = request.headers.get("x-agentcaps-actor")
-    refused: PathRefused | None = None
-    try:
-        method, target = original_request(request)
-    except PathRefused as exc:
-        method, target, refused = request.method, "", exc
-    decision = await without_blocking(
-        lambda local_only: service.gate.decide(
-            authorization=authorization,
-            method=method,
-            target=target,
-            purpose=purpose,
-            actor=actor,
-            refused=refused,
-            local_only=local_only,
+class ForwardAuth:
+    """Forward-auth as a plain ASGI app: every gateway request comes here, so no Request or Response is built.
+
+    A refusal is raised, and answered by the app's exception handlers as any route's is.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service: Service = scope["app"].state.service
+        headers = read_headers(scope["headers"])
+        method: str = scope["method"]
+        raw_path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1")
+        purpose = headers.get("x-agentcaps-purpose", (None,))[0]
+        actor = headers.get("x-agentcaps-actor", (None,))[0]
+        refused: PathRefused | None = None
+        try:
+            method, target = original_request(method, raw_path, headers)
+        except PathRefused as exc:
+            target, refused = "", exc
+        authorization = headers.get("authorization", [])
+        decision = await without_blocking(
+            lambda local_only: service.gate.decide(
+                authorization=authorization,
+                method=method,
+                target=target,
+                purpose=purpose,
+                actor=actor,
+                refused=refused,
+                local_only=local_only,
+            )
         )
-    )
-    headers = identity_headers(decision, purpose or None)
-    headers["Cache-Control"] = "no-store"
-    return Response(_ALLOWED, media_type="application/json", headers=headers)
+        values = identity_values(decision, purpose or None)
+        raw = [
+            (name, value.encode("latin-1"))
+            for name, value in zip(_IDENTITY_NAMES, values, strict=True)
+        ]
+        raw.extend(_ALLOWED_HEADERS)
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": b""})
 
 
-# An allowed request always answers the same body: encode it once.
-_ALLOWED = AuthzResponse(allowed=True, reason=Reason.OK).model_dump_json().encode()
+authz = ForwardAuth()
+
+
+# An allowed request is answered by its status and headers alone: gateways
+# read nothing else, and a body would cost the server a second write.
+_ALLOWED_HEADERS = ((b"content-length", b"0"), (b"cache-control", b"no-store"))
+_IDENTITY_NAMES = tuple(name.lower().encode("latin-1") for name in IDENTITY_HEADERS)
 
 
 _HEADERS = {
@@ -138,7 +173,7 @@ ENDPOINTS = (
         PREFIX,
         authz,
         "Forward-auth for nginx auth_request and Traefik forwardAuth",
-        responses={200: AuthzResponse},
+        responses={200: None},
         errors=(400, 401, 403, 503),
         headers=_HEADERS,
         response_headers=_RESPONSE_HEADERS,
@@ -150,7 +185,7 @@ ENDPOINTS = (
         PREFIX + "/{path:path}",
         authz,
         "Forward-auth for Envoy ext_authz (HTTP mode): the original path follows /v1/authz",
-        responses={200: AuthzResponse},
+        responses={200: None},
         errors=(400, 401, 403, 503),
         headers=_HEADERS,
         response_headers=_RESPONSE_HEADERS,

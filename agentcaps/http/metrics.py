@@ -12,6 +12,7 @@ size. Each app has its own registry, and each process its own numbers: with
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,6 +34,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_MAX_REQUEST_CHILDREN = 1024
 
 
 class _State(Collector):
@@ -131,6 +133,7 @@ class Metrics:
             "agentcaps_http_request_seconds", "Time to answer an HTTP request, by route",
             ["route"], buckets=HTTP_BUCKETS, registry=r,
         )  # fmt: skip
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         # Every reason shows, at 0, before the first verification.
         for reason in Reason:
             self.verifications.labels(reason.value)
@@ -168,9 +171,19 @@ class Metrics:
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request (the access middleware calls this)."""
-        method = method if method in _METHODS else "OTHER"
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_seconds.labels(route).observe(seconds)
+        key = (method if method in _METHODS else "OTHER", route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            # labels() takes a lock and checks its arguments: once per key,
+            # of which there are few (routes are templates).
+            children = (
+                self.http_requests.labels(key[0], route, str(status)),
+                self.http_seconds.labels(route),
+            )
+            if len(self._request_children) < _MAX_REQUEST_CHILDREN:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -270,13 +270,6 @@ class NotReadyResponse(Response):
     checks: dict[str, str]
 
 
-class AuthzResponse(Response):
-    """Forward-auth's answer; gateways read the status and the X-Agentcaps-* headers."""
-
-    allowed: bool
-    reason: Reason
-
-
 # -- audit ---------------------------------------------------------------------
 
 EntryId = Annotated[

@@ -62,7 +62,8 @@ def build(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
         if endpoint.body is not None:
             models[(endpoint.body, "validation")] = None
         for model in endpoint.responses.values():
-            models[(model, "serialization")] = None
+            if model is not None:
+                models[(model, "serialization")] = None
     models[(ErrorResponse, "serialization")] = None
     refs, schema = models_json_schema(list(models), ref_template=_REF)
 
@@ -108,12 +109,15 @@ def build(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
                 }
             responses: dict[str, Any] = {}
             for status, model in endpoint.responses.items():
-                response: dict[str, Any] = {
-                    "description": model.__doc__.strip().splitlines()[0]
-                    if model.__doc__
-                    else "success",
-                    "content": {"application/json": {"schema": ref(model, "serialization")}},
-                }
+                if model is None:
+                    response: dict[str, Any] = {"description": endpoint.summary + " (no body)"}
+                else:
+                    response = {
+                        "description": model.__doc__.strip().splitlines()[0]
+                        if model.__doc__
+                        else "success",
+                        "content": {"application/json": {"schema": ref(model, "serialization")}},
+                    }
                 if endpoint.response_headers and status < 300:
                     response["headers"] = {
                         name: {"description": text, "schema": {"type": "string"}}

@@ -35,6 +35,8 @@ def test_an_allowed_request_answers_200_with_identity_headers(api: Api) -> None:
     assert h["x-agentcaps-chain"] == "planner,fetcher"
     assert h["x-agentcaps-token-id"] == agentcaps.inspect(token)["token_id"]
     assert h["x-agentcaps-purpose"] == "sync"
+    assert response.content == b"" and h["content-length"] == "0"
+    assert h["cache-control"] == "no-store" and "x-request-id" in h
 
 
 def test_the_three_gateway_forms_decide_alike(api: Api) -> None:
