@@ -62,11 +62,11 @@ DEFAULT_QUEUE_LIMIT = 50_000
 # batches let it keep up with a busy verifier: each write costs it a round
 # trip, and a thread waits for the GIL after every blocking call.
 DEFAULT_BATCH_SIZE = 2048
-# Seconds an event waits at most for the writer while less than a batch is
-# queued: the writer writes full batches at once, and what trickles in every
-# so often. (Writing whatever is queued as soon as the last write returned
-# would cost a round trip and a GIL hand-off for every event or two under a
-# steady stream: ten times what the events cost themselves.)
+# Seconds the writer sleeps between rounds: each round writes what is queued,
+# and goes on at once only while a full batch (or a backlog) is left. Going on
+# whenever anything was left would, under a steady stream, cost a round trip
+# and a GIL hand-off for every event or two that arrived during the last
+# write: ten times what the events cost themselves.
 DEFAULT_INTERVAL = 0.05
 DEFAULT_RETRY_INTERVAL = 1.0  # seconds between attempts while the log is unavailable
 _ORPHAN_INTERVAL = 30.0  # seconds between looks for other writers' spool files
@@ -216,7 +216,7 @@ class Recorder:
         writer: this writer's chain id (default: a fresh one).
         queue_limit: events held in memory before the caller writes a batch itself.
         batch_size: events per write.
-        interval: seconds an event waits at most while less than a batch is queued.
+        interval: seconds the writer sleeps between rounds (see DEFAULT_INTERVAL).
         retry_interval: seconds between attempts while the log fails.
     """
 

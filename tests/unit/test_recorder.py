@@ -98,6 +98,25 @@ def test_the_writer_writes_in_batches(log: FakeLog, recorders: list[Recorder]) -
     assert check_chains(log.stored(), trimmed=False).ok
 
 
+def test_a_round_goes_on_at_once_only_while_a_full_batch_is_left(
+    log: FakeLog, recorders: list[Recorder]
+) -> None:
+    """The writer's round writes what is queued; it goes on without sleeping only for a full batch."""
+    recorder = make(recorders, log, batch_size=4, queue_limit=100)
+    for n in range(3):
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+    assert recorder._cycle() is False  # three written; the next ones wait for the next round
+    assert [len(b) for b in log.batches] == [3]
+    for n in range(3, 3 + 8 * 4 + 2):  # a round takes 8 batches: 2 events are left
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+    assert recorder._cycle() is False  # less than a batch left: they wait for the next round
+    for n in range(37, 37 + 8 * 4 + 2):  # 2 + 34: a round leaves a full batch
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+    assert recorder._cycle() is True  # a full batch is left: no sleep
+    assert recorder._cycle() is False
+    assert log.kinds() == [f"e{n}" for n in range(71)]
+
+
 def test_a_failing_log_sends_events_to_the_spool_then_to_the_log_in_order(
     log: FakeLog, recorders: list[Recorder], tmp_path: Path
 ) -> None:
