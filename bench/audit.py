@@ -19,7 +19,10 @@ Over HTTP: two `agentcaps serve` processes (one uvicorn worker each, replica
 mode) on that Redis, one with AGENTCAPS_AUDIT=off and one with the default
 (the Redis stream); a load process on a keep-alive connection sends
 forward-auth requests (GET /v1/authz/crm/contacts/42) to one, then the other,
-round after round, and counts answers.
+round after round, and counts answers. Then wrk (Debian's package) loads each
+with 16 keep-alive connections, as bench/forward_auth.py does, in alternating
+rounds: the server busy all the time, the writer thread competing with the
+event loop.
 
 Every event the "on" candidates caused must be in the stream at the end, and
 the stream's hash chains must hold. See bench/README.md.
@@ -51,6 +54,7 @@ from timing import machine, markdown_table, write_results
 TARGET = 0.80  # issue 6: auditing on keeps at least 80% of the throughput of auditing off
 CAVEATS = 8
 AUTHZ_PATH = "/v1/authz/crm/contacts/42"
+WRK_CONNECTIONS = 16  # as bench/forward_auth.py loads a server
 
 
 # --- the load process (over HTTP) ---------------------------------------------
@@ -237,6 +241,10 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"agentcaps serve did not get ready:\n{self.log.read_text()[-2000:]}")
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -272,9 +280,19 @@ def _settled_length(log: Any) -> int:
 
 
 def over_http(
-    stores: Any, url: str, master_key: bytes, rounds: int, seconds: float, directory: Path
+    stores: Any,
+    url: str,
+    master_key: bytes,
+    rounds: int,
+    seconds: float,
+    directory: Path,
+    wrk_seconds: float = 2.0,
 ) -> dict[str, Any]:
-    """Forward-auth requests per second against two servers, auditing off and on, alternating."""
+    """Forward-auth requests per second against two servers, auditing off and on, alternating.
+
+    First one keep-alive client (every event counted), then wrk under load.
+    """
+    import forward_auth
     from verify import AUDIENCE, agentcaps_token
 
     from agentcaps.stores.audit import open_audit_log
@@ -306,6 +324,15 @@ def over_http(
         while log.info()["added"] - before < on_requests and time.monotonic() < deadline:
             time.sleep(0.05)
         recorded = log.info()["added"] - before
+        # Under load, after the exact count above: wrk's keep-alive connections
+        # (bench/forward_auth.py's request), the server busy all the time.
+        loaded: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for r in range(rounds):
+            for name in ["off", "on"] if r % 2 == 0 else ["on", "off"]:
+                loaded[name].append(
+                    forward_auth.wrk(servers[name], token, wrk_seconds, WRK_CONNECTIONS)  # type: ignore[arg-type]
+                )
+        _settled_length(log)
         chains = log.check().ok
     finally:
         for server in servers.values():
@@ -318,6 +345,15 @@ def over_http(
         "p99_ms": {n: statistics.median(s["p99_ms"] for s in v) for n, v in samples.items()},
         "errors": {n: sum(s["errors"] for s in v) for n, v in samples.items()},
         "ratio": rps["on"] / rps["off"],
+        "loaded": {
+            "connections": WRK_CONNECTIONS,
+            "rps": (
+                loaded_rps := {n: statistics.median(s["rps"] for s in v) for n, v in loaded.items()}
+            ),
+            "p50_ms": {n: statistics.median(s["p50_ms"] for s in v) for n, v in loaded.items()},
+            "errors": {n: sum(s["errors"] for s in v) for n, v in loaded.items()},
+            "ratio": loaded_rps["on"] / loaded_rps["off"],
+        },
         "events_expected": on_requests,
         "events_recorded": recorded,
         "chains_hold": chains,
@@ -329,6 +365,7 @@ def over_http(
 
 def render(result: dict[str, Any], meta: dict[str, Any]) -> str:
     inproc, web = result["in_process"], result["http"]
+    loaded = web["loaded"]
     us = inproc["us"]
     rows = [
         [
@@ -348,6 +385,12 @@ def render(result: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{web['rps']['off']:,.0f}/s (p50 {web['p50_ms']['off']:.2f} ms)",
             f"{web['rps']['on']:,.0f}/s (p50 {web['p50_ms']['on']:.2f} ms)",
             f"{web['ratio']:.0%}",
+        ],
+        [
+            f"HTTP forward-auth, 1 worker, wrk {loaded['connections']} keep-alive connections",
+            f"{loaded['rps']['off']:,.0f}/s (p50 {loaded['p50_ms']['off']:.2f} ms)",
+            f"{loaded['rps']['on']:,.0f}/s (p50 {loaded['p50_ms']['on']:.2f} ms)",
+            f"{loaded['ratio']:.0%}",
         ],
     ]
     lines = [
@@ -372,7 +415,8 @@ def render(result: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{inproc['events_expected']}, HTTP {web['events_recorded']} / "
             f"{web['events_expected']}; hash chains hold: "
             f"{inproc['chains_hold'] and web['chains_hold']}; HTTP errors: "
-            f"{web['errors']['off']} off, {web['errors']['on']} on."
+            f"{web['errors']['off']} off, {web['errors']['on']} on "
+            f"(under load: {loaded['errors']['off']} off, {loaded['errors']['on']} on)."
         ),
         "",
     ]
@@ -387,6 +431,7 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
         ("in process, warm", result["in_process"]["ratio"]["warm"]),
         ("in process, cold", result["in_process"]["ratio"]["cold"]),
         ("HTTP forward-auth", result["http"]["ratio"]),
+        ("HTTP forward-auth under load (wrk)", result["http"]["loaded"]["ratio"]),
     ]
     for what, got in checks:
         ok = got >= TARGET
@@ -400,6 +445,15 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{TARGET:.0%} of auditing off: {got:.0%}",
             }
         )
+    errors = result["http"]["loaded"]["errors"]
+    out.append(
+        {
+            "what": "HTTP under load: zero errors",
+            "pass": not errors["off"] and not errors["on"],
+            "line": f"{'PASS' if not errors['off'] and not errors['on'] else 'FAIL'}  HTTP under "
+            f"load: errors {errors['off']} off, {errors['on']} on",
+        }
+    )
     for what, part in (("in process", result["in_process"]), ("HTTP", result["http"])):
         ok = part["events_recorded"] == part["events_expected"] and part["chains_hold"]
         out.append(
@@ -453,8 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"  over HTTP … ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
             web = over_http(
-                stores, server.url, master_key, rounds, 0.6 if args.quick else 1.5, directory
-            )
+                stores, server.url, master_key, rounds, 0.6 if args.quick else 1.5, directory,
+                wrk_seconds=1 if args.quick else 2,
+            )  # fmt: skip
             stores.close()
         finally:
             server.stop()
