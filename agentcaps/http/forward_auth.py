@@ -21,6 +21,7 @@ not allow this request; 503 when revocation state is unknown.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from starlette.types import Receive, Scope, Send
 
@@ -138,7 +139,8 @@ authz = ForwardAuth()
 
 # An allowed request is answered by its status and headers alone: gateways
 # read nothing else, and a body would cost the server a second write.
-_ALLOWED_HEADERS = ((b"content-length", b"0"), (b"cache-control", b"no-store"))
+# (Cache-Control: no-store and X-Request-Id come from the access middleware.)
+_ALLOWED_HEADERS = ((b"content-length", b"0"),)
 _IDENTITY_NAMES = tuple(name.lower().encode("latin-1") for name in IDENTITY_HEADERS)
 
 
@@ -151,14 +153,6 @@ _HEADERS = {
     "X-Agentcaps-Purpose": "the purpose the caller declares",
     "X-Agentcaps-Actor": "the caller's authenticated identity; must be the token's last holder",
 }
-_RESPONSE_HEADERS = {
-    "X-Agentcaps-Customer": "the customer (percent-encoded UTF-8)",
-    "X-Agentcaps-User": "the user the agent acts for",
-    "X-Agentcaps-Agent": "the last holder: who is acting",
-    "X-Agentcaps-Chain": "the provenance chain, first holder first, comma-separated",
-    "X-Agentcaps-Token-Id": "the token id (hex)",
-    "X-Agentcaps-Purpose": "the declared purpose, else the token's purposes",
-}
 _DESCRIPTION = (
     "401 (with WWW-Authenticate) for a missing or unacceptable token; 403 with "
     "X-Agentcaps-Reason for a good token that does not allow the request (ambiguous paths: "
@@ -167,29 +161,24 @@ _DESCRIPTION = (
     "say otherwise."
 )
 
+_NGINX_TRAEFIK = Endpoint(
+    METHODS,
+    PREFIX,
+    authz,
+    "Forward-auth for nginx auth_request and Traefik forwardAuth",
+    responses={200: None},
+    errors=(400, 401, 403, 503),
+    headers=_HEADERS,
+    response_headers=IDENTITY_HEADERS,
+    description=_DESCRIPTION,
+    name="authz",
+)
 ENDPOINTS = (
-    Endpoint(
-        METHODS,
-        PREFIX,
-        authz,
-        "Forward-auth for nginx auth_request and Traefik forwardAuth",
-        responses={200: None},
-        errors=(400, 401, 403, 503),
-        headers=_HEADERS,
-        response_headers=_RESPONSE_HEADERS,
-        description=_DESCRIPTION,
-        name="authz",
-    ),
-    Endpoint(
-        METHODS,
-        PREFIX + "/{path:path}",
-        authz,
-        "Forward-auth for Envoy ext_authz (HTTP mode): the original path follows /v1/authz",
-        responses={200: None},
-        errors=(400, 401, 403, 503),
-        headers=_HEADERS,
-        response_headers=_RESPONSE_HEADERS,
-        description=_DESCRIPTION,
+    _NGINX_TRAEFIK,
+    replace(
+        _NGINX_TRAEFIK,
+        path=PREFIX + "/{path:path}",
+        summary="Forward-auth for Envoy ext_authz (HTTP mode): the original path follows /v1/authz",
         name="authz_path",
     ),
 )

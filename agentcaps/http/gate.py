@@ -50,15 +50,16 @@ def header_value(name: str) -> str:
     return quote(name, safe=_HEADER_SAFE)
 
 
-# What an upstream learns about an allowed request: who acts, for whom, why.
-IDENTITY_HEADERS = (
-    "X-Agentcaps-Customer",
-    "X-Agentcaps-User",
-    "X-Agentcaps-Agent",
-    "X-Agentcaps-Chain",
-    "X-Agentcaps-Token-Id",
-    "X-Agentcaps-Purpose",
-)
+# What an upstream learns about an allowed request (who acts, for whom, why):
+# each header, in the order identity_values gives them, and what it says.
+IDENTITY_HEADERS = {
+    "X-Agentcaps-Customer": "the customer (percent-encoded UTF-8)",
+    "X-Agentcaps-User": "the user the agent acts for",
+    "X-Agentcaps-Agent": "the last holder: who is acting",
+    "X-Agentcaps-Chain": "the provenance chain, first holder first, comma-separated",
+    "X-Agentcaps-Token-Id": "the token id (hex)",
+    "X-Agentcaps-Purpose": "the declared purpose, else the token's purposes",
+}
 
 
 def identity_values(decision: Decision, purpose: str | None) -> tuple[str, ...]:
