@@ -44,9 +44,11 @@ from agentcaps.audit import (
     UnreadableEvent,
     check_chains,
     decode,
+    key_event,
 )
 from agentcaps.config import Settings, default_state_dir, parse_audit, redact_url
 from agentcaps.errors import StoreUnavailable
+from agentcaps.keys import RootKey
 from agentcaps.recorder import Recorder
 from agentcaps.stores.jsonl import JsonLinesLog
 from agentcaps.stores.redis import (
@@ -68,6 +70,8 @@ DEFAULT_SCAN_LIMIT = 200_000  # entries one query reads at most
 # Events are written after they happen, so an event's stream id is later than
 # its time, give or take the clock skew between writers and Redis.
 CLOCK_SKEW = 300.0
+# The detail of the key event recorded when a mint creates its owner's first key.
+FIRST_USE_DETAIL = "created on first use, by the first mint for its owner"
 _HEAD_PRUNE_INTERVAL = 3600.0
 
 #   KEYS: events, heads
@@ -452,4 +456,11 @@ def open_audit(
     if primary is None and mirrors:
         primary, rest = mirrors[0], mirrors[1:]
     recorder = Recorder(primary, mirrors=rest, spool=spool, clock=clock, **options)
+
+    def first_use(key: RootKey) -> None:
+        # A key made by a mint, not by an operator: recorded here, with the
+        # mint's request id, since no command of its own records it.
+        recorder.record(key_event(clock(), "create", key, detail=FIRST_USE_DETAIL))
+
+    closers.append(stores.keys.on_first_use_create(first_use))
     return AuditTrail(recorder, redis_log, mirrors, closers)

@@ -285,6 +285,17 @@ class RedisKeyStore:
         self._checked = False
         self._activate = client.register_script(_ACTIVATE_SCRIPT)
         self._revoke = client.register_script(_REVOKE_KEY_SCRIPT)
+        # Told of each key `signing_key` creates on first use: that creation
+        # has no caller of its own to record it (the audit trail listens).
+        self._first_use_listeners: list[Callable[[RootKey], None]] = []
+
+    def on_first_use_create(self, listener: Callable[[RootKey], None]) -> Callable[[], None]:
+        """Call `listener` with every key `signing_key` creates on first use; returns the remover.
+
+        Explicit `create` and `rotate` are not reported: their callers record them.
+        """
+        self._first_use_listeners.append(listener)
+        return lambda: self._first_use_listeners.remove(listener)
 
     # -- encryption --------------------------------------------------------
 
@@ -403,7 +414,12 @@ class RedisKeyStore:
 
     # -- writing -----------------------------------------------------------
 
-    def _activate_new(self, owner: str | None, only_if_absent: bool) -> RootKey:
+    def _activate_new(self, owner: str | None, only_if_absent: bool) -> tuple[RootKey, bool]:
+        """The new active key of `owner`, and whether this call made it.
+
+        With `only_if_absent`, an active key another process made meanwhile
+        is returned instead (made: False).
+        """
         self.check_master_key()
         self._revocations.ensure_epoch()
         kid = new_key_id()
@@ -425,10 +441,10 @@ class RedisKeyStore:
             raise _unavailable(exc) from None
         active_kid = active.decode()
         if active_kid != kid:
-            return self.fresh(active_kid)
+            return self.fresh(active_kid), False
         key = RootKey(kid, owner or None, KeyState.ACTIVE, created_at, secret)
         self._cache[kid] = key
-        return key
+        return key, True
 
     def signing_key(self, customer: str | None) -> RootKey:
         """The active key of `customer` (None: the platform), created on first use.
@@ -443,7 +459,11 @@ class RedisKeyStore:
         except _ERRORS as exc:
             raise _unavailable(exc) from None
         if kid is None:
-            return self._activate_new(customer, only_if_absent=True)
+            created, made = self._activate_new(customer, only_if_absent=True)
+            if made:
+                for listener in list(self._first_use_listeners):
+                    listener(created)
+            return created
         key = self.get(kid.decode())
         if key is None:
             raise StoreUnavailable(f"active key {kid.decode()} has no record")
@@ -451,7 +471,7 @@ class RedisKeyStore:
 
     def create(self, customer: str | None) -> RootKey:
         """A new active key for `customer`; the previous active one becomes verify-only."""
-        return self._activate_new(customer, only_if_absent=False)
+        return self._activate_new(customer, only_if_absent=False)[0]
 
     def rotate(self, kid: str) -> RootKey:
         """A new active key for the owner of `kid`, which becomes verify-only.
@@ -463,7 +483,7 @@ class RedisKeyStore:
         old = self.fresh(kid)
         if old.state is KeyState.REVOKED:
             raise InvalidArgument(f"root key {kid} is revoked; create a new key instead")
-        return self._activate_new(old.customer, only_if_absent=False)
+        return self._activate_new(old.customer, only_if_absent=False)[0]
 
     def revoke(self, kid: str, *, reason: str = "", by: str = "") -> RootKey:
         """Revoke `kid`: every token it signed is denied with `key_revoked`, everywhere.

@@ -25,7 +25,7 @@ from agentcaps.http.logs import JsonFormatter
 from agentcaps.http.middleware import AgentcapsMiddleware
 from agentcaps.http.service import Service
 from agentcaps.service_tokens import mint_admin_token
-from agentcaps.stores.audit import open_audit
+from agentcaps.stores.audit import FIRST_USE_DETAIL, open_audit
 from agentcaps.stores.redis import Stores
 from tests.conftest import MASTER_KEY, SCOPE, FakeClock
 from tests.http.conftest import GATEWAY, Api, assert_error
@@ -129,6 +129,22 @@ def test_service_token_use_and_key_operations_are_recorded(api: Api) -> None:
     assert (refused["allowed"], refused["resource"], refused["audience"]) == (
         False, "agentcaps/admin/keys", ["agentcaps"],
     )  # fmt: skip
+
+
+def test_a_key_a_mint_creates_is_recorded_once_before_that_mint(api: Api) -> None:
+    """The first mint for a customer makes its key: a key event with the mint's request id."""
+    issuer = api.issuer("globex")
+    scope = {**SCOPE, "customer": "globex"}
+    first = api.post("/v1/tokens", scope, issuer, **{"X-Request-Id": "req-first-mint"}).json()
+    api.post("/v1/tokens", scope, issuer)
+    events = [e for e in audit(api, customer="globex", limit=50) if e["kind"] != "verify"]
+    assert [e["kind"] for e in events] == ["key", "mint", "mint"]
+    created, mint = events[0], events[1]
+    assert (created["op"], created["key_id"], created["detail"]) == (
+        "create", first["key_id"], FIRST_USE_DETAIL,
+    )  # fmt: skip
+    assert created["request_id"] == mint["request_id"] == "req-first-mint"
+    assert mint["key_id"] == first["key_id"]
 
 
 def test_the_request_id_is_echoed_or_made(api: Api) -> None:
