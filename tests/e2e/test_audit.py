@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import msgpack
@@ -158,6 +163,55 @@ def test_a_tokens_whole_story_is_in_the_trail_and_its_trace(deployment: Deployme
 
     checked = run_cli("audit", "verify", env=d.env)
     assert checked.returncode == 0 and "every chain holds" in checked.stdout, checked.stdout
+
+
+def _lines(stream: IO[str]) -> queue.Queue[str]:
+    """Lines of `stream` as they come, read by a thread (so a test can wait with a timeout)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+@pytest.mark.parametrize("through", ["store", "service"])
+def test_audit_follow_prints_each_new_event_once_until_interrupted(
+    deployment: Deployment, through: str
+) -> None:
+    """`agentcaps audit --follow`: what matches now, then every new match once, then ^C exits 130."""
+    d = deployment
+    minted = d.mint(d.issuer("acme"), audience=[GATEWAY])
+    args = ["audit", "--follow", "--interval", "0.1", "--token-id", minted["token_id"]]
+    env = d.env
+    if through == "service":
+        args += ["--url", d.service.url]
+        env = {**d.env, "AGENTCAPS_TOKEN": d.admin}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentcaps", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        lines = _lines(process.stdout)
+        assert json.loads(lines.get(timeout=30))["kind"] == "mint"
+        for n in range(3):
+            d.verify(minted["token"], resource=f"crm/contacts/{n}")
+        followed = [json.loads(lines.get(timeout=30)) for _ in range(3)]
+        assert [e["resource"] for e in followed] == [f"crm/contacts/{n}" for n in range(3)]
+        d.verify(minted["token"], resource="crm/contacts/3")
+        assert json.loads(lines.get(timeout=30))["resource"] == "crm/contacts/3"
+        time.sleep(0.5)  # several more polls: nothing is printed twice
+        assert lines.empty()
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
 
 
 def test_editing_one_stored_event_makes_audit_verify_fail_naming_it(
