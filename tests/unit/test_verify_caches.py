@@ -126,3 +126,26 @@ def test_local_only_refuses_a_key_it_would_have_to_read(memory_stores, clock):
     assert verifier.verify(token, **REQUEST).allowed  # the blocking path reads the key
     assert verifier.verify(token, local_only=True, **REQUEST).allowed
     assert sink.events == 2
+
+
+def test_a_str_subclass_posing_as_a_cached_token_is_malformed(memory_stores, clock):
+    """Only exactly str is a token: a subclass cannot bring its own equality into the caches."""
+    verifier = memory_stores.verifier(clock=clock, signature_cache_size=16)
+    genuine = memory_stores.minter(clock=clock).mint(**SCOPE)
+    assert verifier.verify(genuine, **REQUEST).allowed  # now in both caches
+
+    class Impostor(str):
+        """Claims to be the genuine token to any dict it is looked up in."""
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash(genuine)
+
+    class Unhashable(str):
+        __hash__ = None  # type: ignore[assignment]
+
+    forged = genuine[:-4] + ("BBBB" if genuine.endswith("AAAA") else "AAAA")
+    assert verifier.verify(Impostor(forged), **REQUEST).reason is Reason.MALFORMED
+    assert verifier.verify(Unhashable(genuine), **REQUEST).reason is Reason.MALFORMED
