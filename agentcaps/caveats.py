@@ -10,6 +10,7 @@ supported. Numbers are never reused.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeGuard
 
@@ -87,18 +88,59 @@ def is_canonical_resource(resource: str) -> bool:
     return _BAD_SEGMENTS.isdisjoint(resource.split("/"))
 
 
-def _glob_regex(glob: str) -> str:
-    # Matched against "/" + resource, so every segment carries its own slash
-    # and `**` can stand for zero segments.
-    out = []
+def _segments(glob: str) -> list[str]:
+    """The pattern's segments, with each run of `**` as one (`**/**` means `**`)."""
+    out: list[str] = []
     for segment in glob.split("/"):
-        if segment == "**":
-            out.append("(?:/[^/]+)*")
-        elif segment == "*":
-            out.append("/[^/]+")
-        else:
-            out.append("/" + re.escape(segment))
-    return "".join(out)
+        if not (segment == "**" and out and out[-1] == "**"):
+            out.append(segment)
+    return out
+
+
+def _run_regex(segments: Sequence[str]) -> str:
+    # Matched against "/" + resource, so every segment carries its own slash.
+    return "".join("/[^/]+" if s == "*" else "/" + re.escape(s) for s in segments)
+
+
+def _glob_regex(segments: Sequence[str]) -> str:
+    """One regex for a pattern with at most one `**`; it can stand for zero segments."""
+    return "".join("(?:/[^/]+)*" if s == "**" else _run_regex((s,)) for s in segments)
+
+
+class _ManyStarGlob:
+    """A pattern with two or more `**`, matched without a backtracking regex.
+
+    A regex would try every way of sharing segments among the `**`s: time
+    exponential in their number, which any token holder could set off. The
+    pattern is cut at its `**`s into runs of fixed length instead: the first
+    run must match at the start, the last at the end, and each run between at
+    its leftmost place after the one before (leftmost never hurts the runs
+    that follow). Each run is one regex search: linear time.
+    """
+
+    __slots__ = ("_first", "_last", "_middle")
+
+    def __init__(self, segments: Sequence[str]) -> None:
+        runs: list[list[str]] = [[]]
+        for segment in segments:
+            if segment == "**":
+                runs.append([])
+            else:
+                runs[-1].append(segment)
+        # A run ends where a segment ends: "/crm" must not match "/crmx".
+        self._first = re.compile(_run_regex(runs[0]) + r"(?=/|\Z)")
+        self._middle = [re.compile(_run_regex(run) + r"(?=/|\Z)") for run in runs[1:-1]]
+        self._last = re.compile(_run_regex(runs[-1]) + r"\Z")
+
+    def matches(self, text: str) -> bool:
+        found = self._first.match(text)
+        if found is None:
+            return False
+        for run in self._middle:
+            found = run.search(text, found.end())
+            if found is None:
+                return False
+        return self._last.search(text, found.end()) is not None
 
 
 def _str_list(value: object) -> tuple[str, ...]:
@@ -238,15 +280,29 @@ class Resources(Caveat):
     code: ClassVar[int] = 5
     name: ClassVar[str] = "resources"
     globs: tuple[str, ...]
-    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _many_stars: tuple[_ManyStarGlob, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        regex = "|".join(_glob_regex(g) for g in self.globs)
-        object.__setattr__(self, "_pattern", re.compile(regex))
+        # Patterns with at most one `**` are alternatives of one regex: a
+        # single `**` backtracks over one choice only, so in polynomial time.
+        simple, many = [], []
+        for glob in self.globs:
+            segments = _segments(glob)
+            if segments.count("**") > 1:
+                many.append(_ManyStarGlob(segments))
+            else:
+                simple.append(_glob_regex(segments))
+        pattern = re.compile("|".join(simple)) if simple else None
+        object.__setattr__(self, "_pattern", pattern)
+        object.__setattr__(self, "_many_stars", tuple(many))
 
     def matches(self, resource: str) -> bool:
         """True when `resource` (canonical) matches one of the patterns."""
-        return self._pattern.fullmatch("/" + resource) is not None
+        text = "/" + resource
+        if self._pattern is not None and self._pattern.fullmatch(text) is not None:
+            return True
+        return any(glob.matches(text) for glob in self._many_stars)
 
     def wire_value(self) -> object:
         return list(self.globs)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentcaps import caveats as cv
 from agentcaps import wire
@@ -223,6 +227,45 @@ def test_caveat_types_are_immutable():
 def test_resource_glob_semantics(glob, resource, matches):
     """'/' separates segments, '*' is one segment, '**' any number (zero too), the rest literal."""
     assert cv.Resources((glob,)).matches(resource) is matches
+
+
+def _reference_match(glob: list[str], resource: list[str]) -> bool:
+    """Glob semantics by the book: '*' one segment, '**' any number, the rest literal."""
+
+    @functools.cache
+    def match(g: int, r: int) -> bool:
+        if g == len(glob):
+            return r == len(resource)
+        if glob[g] == "**":
+            return match(g + 1, r) or (r < len(resource) and match(g, r + 1))
+        if r == len(resource):
+            return False
+        return (glob[g] == "*" or glob[g] == resource[r]) and match(g + 1, r + 1)
+
+    return match(0, 0)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    glob=st.lists(st.sampled_from(["a", "b", "*", "**"]), min_size=1, max_size=7),
+    resource=st.lists(st.sampled_from(["a", "b", "ab"]), min_size=1, max_size=8),
+)
+def test_resource_globs_match_as_the_book_says(glob, resource):
+    """Patterns with one `**` (a regex) and with several (runs) both follow the semantics."""
+    expected = _reference_match(glob, resource)
+    assert cv.Resources(("/".join(glob),)).matches("/".join(resource)) is expected
+
+
+def test_many_stars_cannot_make_matching_backtrack_without_end():
+    """A token holder's `**/**/…` or `**/a/**/a/…` pattern is decided, not explored path by path.
+
+    A backtracking regex takes years on these (exponential in the stars);
+    this test finishing at all is what it checks.
+    """
+    resource = "/".join(["a"] * 500)
+    for glob in ("crm/" + "**/" * 200 + "x", "**/a/" * 100 + "b", "**/" + "a/**/" * 60 + "b"):
+        assert not cv.Resources((glob,)).matches(resource)
+    assert cv.Resources(("**/a/" * 100 + "**",)).matches(resource)
 
 
 def test_resources_caveat_matches_when_any_one_glob_matches():
