@@ -164,7 +164,15 @@ def decode_unverified(token: object, limits: wire.Limits = wire.DEFAULT_LIMITS) 
         MalformedToken, TokenTooLarge: the string is not a token within `limits`.
     """
     raw = wire.decode_token(token, limits)
-    identifier = wire.decode_identifier(raw.identifier)
+    return with_caveats(raw, wire.decode_identifier(raw.identifier))
+
+
+def with_caveats(raw: wire.RawMacaroon, identifier: wire.Identifier) -> UnverifiedToken:
+    """The token of these fields, its caveats decoded into their types.
+
+    Raises:
+        MalformedToken: an `ac1:` caveat whose payload is not canonical msgpack.
+    """
     cached = cv.DECODED.get
     caveats = [cached(cid) or cv.decode_cached(cid) for cid in raw.cids]
     for extra in raw.third_party:

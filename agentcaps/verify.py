@@ -1,9 +1,10 @@
 """The Verifier: token in, Decision out, locally, without calling the minter.
 
 Order of work, cheapest and least trusting first: size limits and strict
-decoding, the root key by id, the HMAC chain (constant-time compare), the
-caveats folded into claims and judged against the request and the clock, and
-last the revocation store. `verify` returns a Decision for every input token,
+decoding of what the signature covers (the identifier, the caveat ids as
+bytes), the root key by id, the HMAC chain (constant-time compare), then the
+caveats decoded into their types, folded into claims and judged against the
+request and the clock, and last the revocation store. `verify` returns a Decision for every input token,
 whatever its bytes; when revocation state cannot be known it denies with
 `revocation_unavailable` (fail closed). Given an audit sink, each decision is
 handed to it (one call that only queues; see agentcaps.recorder).
@@ -18,7 +19,7 @@ from time import perf_counter
 from agentcaps import signature, wire
 from agentcaps.audit import AuditSink
 from agentcaps.caveats import is_canonical_resource
-from agentcaps.claims import Claims, UnverifiedToken, decode_unverified, sorted_names, summarize
+from agentcaps.claims import Claims, UnverifiedToken, sorted_names, summarize, with_caveats
 from agentcaps.decision import Decision, Reason, deny
 from agentcaps.errors import InvalidToken, NeedsIO, StoreUnavailable
 from agentcaps.keys import KeyState, KeyStore, RootKey
@@ -197,15 +198,21 @@ class Verifier:
         Raises:
             NeedsIO: with `local_only`, the key is not in the key store's cache.
         """
+        # Only what the signature covers is read before it is checked: the
+        # identifier (for the key) and the caveat ids as bytes. Typed caveats,
+        # their patterns and the claims come after, so a forged token costs
+        # a parse and a chain, no more.
         decoded = self._decoded.get(token) if type(token) is str else None
         if decoded is None:
             try:
-                decoded = self._decode(token)
+                raw = wire.decode_token(token, self._limits)
+                identifier = wire.decode_identifier(raw.identifier)
             except InvalidToken as exc:
                 return deny(exc.reason)
-        raw = decoded[0].raw
+        else:
+            raw, identifier = decoded[0].raw, decoded[0].identifier
         try:
-            kid = decoded[0].identifier.kid
+            kid = identifier.kid
             key = self._keys.get(kid, cached_only=True) if local_only else self._keys.get(kid)
         except StoreUnavailable:
             return deny(Reason.REVOCATION_UNAVAILABLE)
@@ -220,16 +227,21 @@ class Verifier:
                 if len(self._signed) >= self._signature_cache_size:
                     self._signed.clear()
                 self._signed[token] = key.derived  # type: ignore[index]  # decoded: a str
-        # From here on the token is authentic: its claims may be reported.
+        # From here on the token is authentic: its claims may be read and reported.
+        if decoded is None:
+            try:
+                decoded = self._remember(token, with_caveats(raw, identifier))  # type: ignore[arg-type]
+            except InvalidToken as exc:
+                return deny(exc.reason)
         return decoded, key
 
-    def _decode(self, token: object) -> _Decoded:
-        unverified = decode_unverified(token, self._limits)
+    def _remember(self, token: str, unverified: UnverifiedToken) -> _Decoded:
+        """The token's claims, kept for its next verification (decode cache)."""
         decoded = (unverified, summarize(unverified.caveats))
         if self._decode_cache_size:
             if len(self._decoded) >= self._decode_cache_size:
                 self._decoded.clear()
-            self._decoded[token] = decoded  # type: ignore[index]  # decoded, so a str
+            self._decoded[token] = decoded
         return decoded
 
     def _judge(

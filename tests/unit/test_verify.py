@@ -159,6 +159,24 @@ def test_token_with_non_canonical_caveat_payload_is_denied_malformed(token, veri
     assert check(verifier, append(token, cid)).reason is Reason.MALFORMED
 
 
+def test_caveats_are_not_decoded_before_the_signature_holds(token, verifier, monkeypatch):
+    """A forged token costs a parse and a chain: its caveats are never decoded into types."""
+    decoded: list[bytes] = []
+    real = cv.decode_cached
+    monkeypatch.setattr(cv, "decode_cached", lambda cid: decoded.append(cid) or real(cid))
+    monkeypatch.setattr(cv, "DECODED", {})
+    cid = b"ac1:" + wire.b64encode(wire.packb([1, float(NOW + 60)])).encode()
+    forged = flip_last_signature_bit(append(token, cv.Resources(("**/a/" * 50,)).encode(), cid))
+    assert check(verifier, forged).reason is Reason.BAD_SIGNATURE
+    raw = wire.decode_token(token)
+    unknown = wire.encode_identifier(wire.Identifier("k-unknown", bytes(16), NOW))
+    assert check(verifier, wire.encode_token(raw._replace(identifier=unknown))).reason is (
+        Reason.UNKNOWN_KEY
+    )
+    assert decoded == []
+    assert check(verifier, token).allowed and decoded  # an authentic one is decoded
+
+
 def test_token_without_expiry_is_denied_malformed(memory_stores, verifier):
     """A token without an expiry never verifies, even correctly signed."""
     key = memory_stores.keys.signing_key("acme")
