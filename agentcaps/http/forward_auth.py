@@ -105,8 +105,7 @@ class ForwardAuth:
         headers = read_headers(scope["headers"])
         method: str = scope["method"]
         raw_path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1")
-        purpose = headers.get("x-agentcaps-purpose", (None,))[0]
-        actor = headers.get("x-agentcaps-actor", (None,))[0]
+        purposes = headers.get("x-agentcaps-purpose", [])
         refused: PathRefused | None = None
         try:
             method, target = original_request(method, raw_path, headers)
@@ -118,13 +117,14 @@ class ForwardAuth:
                 authorization=authorization,
                 method=method,
                 target=target,
-                purpose=purpose,
-                actor=actor,
+                purposes=purposes,
+                actors=headers.get("x-agentcaps-actor", ()),
                 refused=refused,
                 local_only=local_only,
             )
         )
-        values = identity_values(decision, purpose or None)
+        # Allowed: at most one purpose was declared.
+        values = identity_values(decision, (purposes[0] or None) if purposes else None)
         raw = [
             (name, value.encode("latin-1"))
             for name, value in zip(_IDENTITY_NAMES, values, strict=True)

@@ -108,18 +108,20 @@ class Gate:
         authorization: Sequence[str],
         method: str,
         target: str,
-        purpose: str | None = None,
-        actor: str | None = None,
-        refused: PathRefused | None = None,
+        purposes: Sequence[str] = (),
+        actors: Sequence[str] = (),
+        refused: NotAllowed | None = None,
         local_only: bool = False,
     ) -> Decision:
         """The allowing decision for this request, else raise the refusal.
 
-        `target` is the raw request target (path and query, undecoded);
-        an empty purpose or actor counts as none. `refused`: the caller
-        already found the request ambiguous; the token is still judged, so
-        that a bad token answers 401 and a good one this refusal.
-        `local_only`: see Verifier.verify.
+        `target` is the raw request target (path and query, undecoded).
+        `purposes` and `actors` are the X-Agentcaps-Purpose and -Actor
+        values as sent: an empty one counts as none, and more than one is
+        refused (which the client meant, or the gateway added, is unknown).
+        `refused`: the caller already found the request ambiguous. Either
+        way the token is still judged, so that a bad token answers 401 and a
+        good one the refusal. `local_only`: see Verifier.verify.
 
         Raises:
             NotAuthenticated, NotAllowed, StoreUnavailable; NeedsIO with `local_only`.
@@ -129,8 +131,12 @@ class Gate:
             raise NotAuthenticated(
                 "this request needs a bearer token (Authorization: Bearer agc_…)"
             )
-        purpose = purpose or None
-        actor = actor or None
+        purpose = actor = None
+        try:
+            purpose = _declared(purposes, "X-Agentcaps-Purpose", Reason.PURPOSE_DENIED)
+            actor = _declared(actors, "X-Agentcaps-Actor", Reason.ACTOR_MISMATCH)
+        except NotAllowed as exc:
+            refused = refused or exc
         resource, action = "", method.lower()
         if refused is None:
             try:
@@ -158,6 +164,17 @@ class Gate:
                 decision.reason,
             )
         raise error
+
+
+def _declared(values: Sequence[str], header: str, reason: Reason) -> str | None:
+    """The one value of a header that declares something about the request; None if absent or empty.
+
+    Raises:
+        NotAllowed: the header is given more than once.
+    """
+    if len(values) > 1:
+        raise NotAllowed(f"{header} is given more than once", reason)
+    return (values[0] or None) if values else None
 
 
 async def without_blocking(decide: Callable[[bool], T]) -> T:

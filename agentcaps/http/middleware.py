@@ -79,8 +79,8 @@ class AgentcapsMiddleware:
                     authorization=headers.getlist("authorization"),
                     method=scope["method"],
                     target=raw_path.decode("latin-1"),
-                    purpose=headers.get("x-agentcaps-purpose"),
-                    actor=headers.get("x-agentcaps-actor"),
+                    purposes=headers.getlist("x-agentcaps-purpose"),
+                    actors=headers.getlist("x-agentcaps-actor"),
                     local_only=local_only,
                 )
             )

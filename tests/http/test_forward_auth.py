@@ -93,6 +93,25 @@ def test_purpose_and_actor_headers_are_enforced(api: Api) -> None:
     assert nginx(api, token, "/crm/a", **{"X-Agentcaps-Actor": "fetcher"}).status_code == 200
 
 
+def test_a_purpose_or_actor_given_twice_is_refused_whichever_comes_first(api: Api) -> None:
+    """A gateway that appends its own X-Agentcaps-Actor to the client's must not let either win."""
+    token = agentcaps.attenuate(api.agent_token(), delegate_to="fetcher")
+    for name, values, reason in (
+        ("X-Agentcaps-Actor", ["fetcher", "mallory"], "actor_mismatch"),
+        ("X-Agentcaps-Actor", ["mallory", "fetcher"], "actor_mismatch"),
+        ("X-Agentcaps-Purpose", ["sync", "marketing"], "purpose_denied"),
+        ("X-Agentcaps-Purpose", ["sync", "sync"], "purpose_denied"),
+    ):
+        headers = [*bearer(token).items(), (NGINX, "/crm/a"), ("X-Original-Method", "GET")]
+        headers += [(name, value) for value in values]
+        response = api.client.get("/v1/authz", headers=headers)
+        assert_error(response, 403)
+        assert response.headers["x-agentcaps-reason"] == reason, (name, values)
+    # A bad token is still told it is a bad token.
+    twice = [(NGINX, "/crm/a"), ("X-Agentcaps-Actor", "a"), ("X-Agentcaps-Actor", "b")]
+    assert_error(api.client.get("/v1/authz", headers=[*bearer("agc_junk").items(), *twice]), 401)
+
+
 def test_tricky_paths_are_403_resource_denied_even_for_a_broad_token(api: Api) -> None:
     """`..`, encoded slashes and the like are refused with resource_denied, whatever the token allows."""
     token = api.agent_token(resources=["**"])

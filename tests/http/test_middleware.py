@@ -72,6 +72,9 @@ def test_denied_requests_never_reach_the_app(
     assert_error(app.delete("/crm/contacts/1", headers=bearer(read_only)), 403)
     assert_error(app.get("/crm/contacts/1", headers=bearer(other_audience)), 403)
     assert_error(app.get("/crm/contacts/..%2F1", headers=bearer(read_only)), 403)
+    fetcher = agentcaps.attenuate(read_only, delegate_to="fetcher", clock=clock)
+    two_actors = [*bearer(fetcher).items(), *[("X-Agentcaps-Actor", "fetcher")] * 2]
+    assert_error(app.get("/crm/contacts/1", headers=two_actors), 403)
     assert seen == []
 
 
