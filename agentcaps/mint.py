@@ -76,9 +76,14 @@ class MintPlan:
     caveats: tuple[cv.Caveat, ...]
 
 
+# Times in caveats are below 2**63 (msgpack int64); no token lives 2**32 seconds.
+_TIME_LIMIT = 2**63
+_TTL_LIMIT = 2**32
+
+
 def _check_ttl(ttl: object, max_ttl: int | None = None) -> int:
-    if type(ttl) is not int or ttl <= 0:
-        raise InvalidArgument("ttl must be a positive whole number of seconds")
+    if type(ttl) is not int or not 0 < ttl < _TTL_LIMIT:
+        raise InvalidArgument("ttl must be a positive whole number of seconds (below 2^32)")
     if max_ttl is not None and ttl > max_ttl:
         raise InvalidArgument(f"ttl must be at most {max_ttl} seconds")
     return ttl
@@ -93,7 +98,7 @@ def _check_limit(value: object) -> int:
 
 
 def _check_time(value: object, what: str) -> int:
-    if type(value) is not int or value < 0:
+    if type(value) is not int or not 0 <= value < _TIME_LIMIT:
         raise InvalidArgument(f"{what} must be a unix time in whole seconds")
     return value
 
@@ -212,6 +217,7 @@ class Minter:
         cids = tuple(c.encode() for c in plan.caveats)
         sig = signature.chain(key.derived, identifier, cids)
         token = wire.encode_token(wire.RawMacaroon(identifier, cids, sig))
+        _check_size(cids, token, wire.DEFAULT_LIMITS)
         return MintedToken(token, plan.token_id.hex(), key.kid, plan.issued_at, plan.expires_at)
 
 
@@ -262,14 +268,21 @@ def attenuate(
     if not caveats:
         raise InvalidArgument("attenuate needs at least one option")
 
-    new_cids = [c.encode() for c in caveats]
-    if len(raw.cids) + len(new_cids) > limits.max_caveats:
-        raise InvalidArgument(f"a token carries at most {limits.max_caveats} caveats")
+    new_cids = tuple(c.encode() for c in caveats)
     sig = raw.signature
     for cid in new_cids:
         sig = signature.extend(sig, cid)
-    narrowed = raw._replace(cids=raw.cids + tuple(new_cids), signature=sig)
+    narrowed = raw._replace(cids=raw.cids + new_cids, signature=sig)
     out = wire.encode_token(narrowed)
-    if len(out) > limits.max_token_bytes:
-        raise InvalidArgument(f"a token is at most {limits.max_token_bytes} bytes")
+    _check_size(narrowed.cids, out, limits)
     return out
+
+
+def _check_size(cids: Sequence[bytes], token: str, limits: wire.Limits) -> None:
+    """Refuse to hand out a token that verifiers would deny as too large."""
+    if len(cids) > limits.max_caveats:
+        raise InvalidArgument(f"a token carries at most {limits.max_caveats} caveats")
+    if any(len(cid) > limits.max_caveat_bytes for cid in cids):
+        raise InvalidArgument(f"a caveat is at most {limits.max_caveat_bytes} bytes")
+    if len(token) > limits.max_token_bytes:
+        raise InvalidArgument(f"a token is at most {limits.max_token_bytes} bytes")

@@ -64,6 +64,9 @@ def test_attenuate_refuses_a_non_token_and_an_empty_request(api: Api) -> None:
     assert_error(
         api.post("/v1/tokens/attenuate", {"token": api.agent_token()}), 422, "invalid_argument"
     )
+    for huge in ({"ttl": 2**64}, {"expires_at": 2**64}):  # beyond what a caveat carries
+        response = api.post("/v1/tokens/attenuate", {"token": api.agent_token(), **huge})
+        assert_error(response, 422, "invalid_argument")
 
 
 def test_verify_answers_200_with_the_whole_decision(api: Api) -> None:

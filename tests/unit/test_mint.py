@@ -312,6 +312,9 @@ def test_attenuate_needs_no_key():
         {"ttl": 1.5},
         {"ttl": True},
         {"expires_at": -1},
+        {"expires_at": 2**63},
+        {"expires_at": 2**64},
+        {"ttl": 2**64},
         {"expires_at": 1.5},
         {"expires_at": "tomorrow"},
         {"delegate_to": ""},
@@ -335,6 +338,15 @@ def test_attenuate_refuses_a_result_over_the_caveat_limit(token):
     agentcaps.attenuate(token, actions=["read"], limits=limits)
     with pytest.raises(InvalidArgument):
         agentcaps.attenuate(token, actions=["read"], purposes=["sync"], limits=limits)
+
+
+def test_no_caveat_over_the_per_caveat_limit_is_handed_out(minter, token):
+    """Mint and attenuate refuse what every verifier would deny as too large."""
+    long_patterns = [f"crm/{'x' * 200}/{n}" for n in range(6)]  # one caveat of ~1.6 kB
+    with pytest.raises(InvalidArgument, match="caveat is at most"):
+        agentcaps.attenuate(token, resources=long_patterns)
+    with pytest.raises(InvalidArgument, match="caveat is at most"):
+        minter.mint(**{**SCOPE, "resources": long_patterns})
 
 
 def test_attenuate_refuses_a_result_over_the_token_size_limit(token):
