@@ -55,6 +55,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from agentcaps.audit import mask
 from agentcaps.config import MASTER_KEY_BYTES, MEMORY_URL, Settings
 from agentcaps.config import redact_url as _redact_url
 from agentcaps.decision import Reason
@@ -625,7 +626,11 @@ class RedisRevocationStore:
     # -- writing -----------------------------------------------------------
 
     def stamp(self, revocation: Revocation) -> Revocation:
-        """Fill in the expiry a revocation's entry gets: never past the longest token life."""
+        """Fill in the expiry a revocation's entry gets: never past the longest token life.
+
+        A token pasted into the reason is masked: revocations are listed back
+        to whoever may revoke, and a token string is never shown.
+        """
         default = default_expiry(revocation.revoked_at, self._max_lifetime, self._leeway)
         expires_at = (
             default
@@ -637,8 +642,8 @@ class RedisRevocationStore:
             revocation.subject,
             revocation.revoked_at,
             expires_at,
-            revocation.reason,
-            revocation.by,
+            mask(revocation.reason),
+            mask(revocation.by),
         )
 
     def write(

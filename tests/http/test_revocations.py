@@ -126,3 +126,14 @@ def test_ids_must_be_lowercase_hex(api: Api) -> None:
     """Token and delegation ids are 32 lowercase hex characters; anything else is 422."""
     for value in ("AB" * 16, "ab" * 15, "zz" * 16):
         assert_error(api.post("/v1/revocations", {"token_id": value}, api.admin), 422)
+
+
+def test_a_token_pasted_into_a_reason_is_never_shown_back(api: Api) -> None:
+    """The reason is stored, answered and listed with the token masked, as the audit event has it."""
+    leaked = api.agent_token()
+    posted = api.post(
+        "/v1/revocations", {"token": leaked, "reason": f"pasted: {leaked}"}, api.admin
+    )
+    assert posted.status_code == 201 and posted.json()["reason"] == "pasted: [token]"
+    listed = api.get("/v1/revocations", api.admin)
+    assert leaked not in listed.text and "pasted: [token]" in listed.text
