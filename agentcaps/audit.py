@@ -21,6 +21,7 @@ stream `agentcaps.stores.audit`.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import threading
@@ -917,12 +918,15 @@ def parse_time(text: str, now: float) -> float:
     """
     text = text.strip()
     match = _DURATION.match(text)
-    if match:
-        return now - float(match.group(1)) * _UNITS[match.group(2)]
     try:
-        return float(text)
+        seconds = now - float(match.group(1)) * _UNITS[match.group(2)] if match else float(text)
     except ValueError:
         pass
+    else:
+        # "nan" compares false with every time: the filter would silently vanish.
+        if not math.isfinite(seconds):
+            raise ValueError(f"{text[:40]!r} is not a time: it must be a finite number")
+        return seconds
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:

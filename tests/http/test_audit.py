@@ -105,7 +105,9 @@ def test_bad_query_parameters_are_422_naming_them(api: Api) -> None:
     """Unknown, repeated or malformed parameters are refused with the field named."""
     for query, field in (("since=yesterday", "since"), ("limit=0", "limit"), ("bogus=1", "bogus"),
                          ("token_id=xyz", "token_id"), ("limit=1&limit=2", "limit"),
-                         ("before=1-0&after=1-0", "body")):  # fmt: skip
+                         ("before=1-0&after=1-0", "body"), ("since=nan", "since"),
+                         ("before=99999999999999999999-0", "before"),
+                         ("after=1-18446744073709551616", "after")):  # fmt: skip
         body = assert_error(api.get(f"/v1/audit?{query}", api.admin), 422)
         assert any(f["field"] == field for f in body["fields"]), (query, body)
 

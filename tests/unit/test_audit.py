@@ -279,7 +279,19 @@ def test_times_are_unix_seconds_iso_8601_or_a_duration_ago(text: str, expected: 
     assert parse_time(text, NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2027-01-15T08:00:00", "5 minutes"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yesterday",
+        "2027-01-15T08:00:00",
+        "5 minutes",
+        "nan",
+        "inf",
+        "-inf",
+        "1e999",
+        "9" * 400 + "d",
+    ],
+)
 def test_a_time_that_is_none_of_those_is_refused(text: str) -> None:
     """A naive ISO time or free text is a ValueError with a hint."""
     with pytest.raises(ValueError):
