@@ -38,6 +38,8 @@ class Endpoint:
         auth: who may call it, in words; None: anyone.
         headers: request headers it reads, name -> description.
         description: more words for OpenAPI.
+        any_method: answer every method, not only `methods` (which OpenAPI
+            lists): forward-auth judges whatever method the original request had.
     """
 
     methods: tuple[str, ...]
@@ -54,10 +56,12 @@ class Endpoint:
     response_headers: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     name: str = ""
+    any_method: bool = False
 
     def route(self) -> Route:
         """The Starlette route."""
-        return Route(self.path, self.handler, methods=list(self.methods), name=self.name or None)
+        methods = None if self.any_method else list(self.methods)
+        return Route(self.path, self.handler, methods=methods, name=self.name or None)
 
 
 def respond(model: BaseModel, status: int = 200, *, secret: bool = False) -> Response:

@@ -172,6 +172,7 @@ _NGINX_TRAEFIK = Endpoint(
     response_headers=IDENTITY_HEADERS,
     description=_DESCRIPTION,
     name="authz",
+    any_method=True,
 )
 ENDPOINTS = (
     _NGINX_TRAEFIK,

@@ -193,3 +193,14 @@ def test_route_rules_from_agentcaps_routes_apply(
         assert ok.status_code == 200
         assert client.get("/v1/authz/crm/contacts/7", headers=bearer(token)).status_code == 200
         assert client.get("/v1/authz/v2/other/7", headers=bearer(token)).status_code == 403
+
+
+def test_any_method_is_judged_in_every_form(api: Api) -> None:
+    """A method beyond the usual seven is an action like any other, not a 405 (Envoy forwards it as is)."""
+    token = api.agent_token(actions=["propfind"])
+    envoy = api.client.request("PROPFIND", "/v1/authz/crm/a", headers=bearer(token))
+    assert envoy.status_code == 200, envoy.text
+    assert nginx(api, token, "/crm/a", "PROPFIND").status_code == 200
+    refused = api.client.request("MKCOL", "/v1/authz/crm/a", headers=bearer(token))
+    assert_error(refused, 403)
+    assert refused.headers["x-agentcaps-reason"] == "action_denied"
