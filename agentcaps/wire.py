@@ -3,9 +3,13 @@
 A token is `agc_` + unpadded base64url of a libmacaroons V2 binary macaroon. Its
 identifier is msgpack `[1, kid, tid, iat]`; each first-party caveat we write is
 `ac1:` + unpadded base64url of msgpack `[code, value]`. Decoding is strict so
-that every token has exactly one spelling: one alphabet, no padding, canonical
-varints and msgpack, no trailing bytes, fields in their one legal order. Size
-limits are checked before anything is parsed, and long before any HMAC work.
+that what the signature covers has exactly one spelling: one alphabet, no
+padding, canonical varints and msgpack, no trailing bytes, fields in their one
+legal order. The root location is the exception: no signature covers it, and
+macaroon libraries write it differently (pymacaroons an empty one), so it is
+read, kept for attenuation, and means nothing. Revocation and audit go by the
+token id, never by the string. Size limits are checked before anything is
+parsed, and long before any HMAC work.
 """
 
 from __future__ import annotations
