@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -78,7 +79,18 @@ def serve_workers(count: int, host: str, port: int, options: dict[str, Any]) -> 
             if worker.is_alive() and worker.pid is not None:
                 worker.terminate()  # SIGTERM: uvicorn finishes in-flight requests
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def reload(signum: int, frame: object) -> None:
+        # Each worker reloads its own policies on SIGHUP; the supervisor,
+        # which holds none, passes it on (its default would be to die).
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signum)
+
+    handlers: dict[int, Any] = {signal.SIGTERM: stop, signal.SIGINT: stop}
+    sighup = getattr(signal, "SIGHUP", None)  # none on Windows
+    if sighup is not None:
+        handlers[sighup] = reload
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         status = 0
         while any(w.is_alive() for w in workers):

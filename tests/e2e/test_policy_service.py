@@ -135,3 +135,27 @@ def test_service_reloads_on_sighup_and_keeps_its_policy_when_the_new_one_is_brok
         assert running.process.poll() is None
     finally:
         running.stop()
+
+
+def test_sighup_to_a_multi_worker_server_reloads_every_worker(
+    tmp_path: Path, env: dict[str, str], policy_dir: Path
+) -> None:
+    """`serve --workers 2`: the supervisor passes SIGHUP on to its workers and lives on."""
+    running = Service(
+        tmp_path,
+        {**env, "AGENTCAPS_POLICY_POLL_INTERVAL": "0"},
+        "--policy-dir", str(policy_dir), "--workers", "2",
+    )  # fmt: skip
+    running.start(timeout=40)
+    try:
+        admin = admin_token(env)
+        (policy_dir / "mint.cedar").write_text(RELAXED)
+        assert running.process is not None
+        running.process.send_signal(signal.SIGHUP)
+        eventually_status(running, admin, 201)
+        # Each request is a new connection, which either worker may take.
+        assert [mint(running, admin).status_code for _ in range(16)] == [201] * 16
+        assert running.process.poll() is None
+    finally:
+        status = running.stop()
+    assert status == 0, running.output()
