@@ -347,6 +347,12 @@ class RedisKeyStore:
     # -- reading -----------------------------------------------------------
 
     def _load(self, kid: str) -> RootKey | None:
+        # A process that holds a key must know the revocation epoch it read it
+        # under, read first: should the store lose its data later, this
+        # process then sees the loss and fails closed, instead of starting a
+        # fresh, empty epoch while its cached keys still verify old tokens.
+        if self._revocations.watch.epoch is None:
+            self._revocations.learn_epoch()
         try:
             record = cast("dict[bytes, bytes]", self._client.hgetall(self._layout.key(kid)))
         except _ERRORS as exc:
@@ -570,6 +576,23 @@ class RedisRevocationStore:
             raise _unavailable(exc) from None
         self.watch.observe(epoch, recovery, seq, floor)
 
+    def learn_epoch(self) -> None:
+        """Read rv:meta and remember its epoch if it has one; a read only, never a write.
+
+        (Reading keys must work on a primary that refuses writes, e.g. one
+        promoted while it has too few replicas.)
+        """
+        floor = self.watch.seq
+        try:
+            epoch, recovery, seq = cast(
+                "list[bytes | None]",
+                self._client.hmget(self._layout.rv_meta, "epoch", "recovery", "seq"),
+            )
+        except _ERRORS as exc:
+            raise _unavailable(exc) from None
+        if epoch is not None:
+            self.watch.observe(epoch, recovery, seq, floor)
+
     def recover(self) -> str:
         """Operator action after a detected loss: start a new, recovery epoch.
 
@@ -597,8 +620,9 @@ class RedisRevocationStore:
 
         A store without an epoch is either brand new or lost its data. To a
         process that has seen no epoch yet both look alike and both are safe to
-        start afresh: it holds no keys or revocations from before. A process
-        that remembers an epoch reports the loss instead (EpochWatch).
+        start afresh: it holds no keys or revocations from before (it reads the
+        epoch before it reads any key). A process that remembers an epoch
+        reports the loss instead (EpochWatch).
 
         Raises:
             RevocationStateLost: this process saw revocations the store no longer has.

@@ -231,3 +231,21 @@ def test_a_revocation_survives_a_kill_and_restart_with_aof(
     assert reason(fresh, scene.clock, scene.good) is Reason.OK
     scene.poll_until_good_is(Reason.OK, RECOVERY)
     assert scene.decide(scene.bad) is Reason.REVOKED
+
+
+def test_a_verifier_that_only_read_a_key_sees_a_loss_and_fails_closed(
+    redis_backend: RedisBackend,
+) -> None:
+    """Holding a key means knowing the epoch it came from: after a flush, a revoked token is never ok."""
+    clock = redis_backend.clock
+    admin = redis_backend.open()
+    minted = mint(admin, clock)
+    revoke_token(admin, clock, minted.token_id)
+    gateway = redis_backend.open(revocation_mode="direct")
+    # Denied before revocations are asked: the gateway has read the key, nothing else.
+    denied = gateway.verifier(clock=clock).verify(minted.token, resource="hr/1", action="read")
+    assert denied.reason is Reason.RESOURCE_DENIED
+    redis_backend.raw.flushall()
+    assert reason(gateway, clock, minted.token) is Reason.REVOCATION_UNAVAILABLE
+    # And it did not start a fresh epoch that would hide the loss from others.
+    assert redis_backend.raw.hget(LAYOUT.rv_meta, "epoch") is None
