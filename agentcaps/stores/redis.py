@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgpack
 import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -128,14 +129,46 @@ class Layout:
 # Records one revocation entry, bumps the sequence, appends the event and prunes
 # a bounded number of expired entries. Refuses to write into a store whose
 # epoch is missing or not the one the writer knows: that store lost data.
+# Of two entries for the same thing the later one stays, as RevocationIndex
+# keeps it: for a customer, user or agent the later revocation time (it covers
+# more tokens), else the later expiry. Writes can land out of order (issuers'
+# clocks differ); last-write-wins would move a revocation back in time.
 #   KEYS: rv, rv:expiry, rv:meta, rv:events
 #   ARGV: epoch, field, value, expires_at, now, stream maxlen, prune limit
 _RECORD = """
 local epoch = redis.call('HGET', KEYS[3], 'epoch')
 if not epoch then return redis.error_reply('AGENTCAPS_NO_EPOCH') end
 if epoch ~= ARGV[1] then return redis.error_reply('AGENTCAPS_EPOCH_CHANGED') end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+-- A non-negative msgpack integer at pos: its value and the next pos.
+local function uint(s, pos)
+  local b = string.byte(s, pos)
+  if b < 128 then return b, pos + 1 end
+  local width = ({[204] = 1, [205] = 2, [206] = 4, [207] = 8})[b]
+  local v = 0
+  for i = 1, width do v = v * 256 + string.byte(s, pos + i) end
+  return v, pos + 1 + width
+end
+-- (revoked_at, expires_at) of a value: msgpack [revoked_at, expires_at, reason, by].
+local function times(value)
+  local revoked, pos = uint(value, 2)
+  return revoked, (uint(value, pos))
+end
+local kept = false
+local old = redis.call('HGET', KEYS[1], ARGV[2])
+if old then
+  local r0, e0 = times(old)
+  local r1, e1 = times(ARGV[3])
+  local tag = string.sub(ARGV[2], 1, 1)
+  if tag == 'c' or tag == 'u' or tag == 'a' then
+    kept = r0 > r1 or (r0 == r1 and e0 >= e1)
+  else
+    kept = e0 >= e1
+  end
+end
+if not kept then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+end
 local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'seq', seq, 'field', ARGV[2], 'value', ARGV[3])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[5], 'LIMIT', 0, ARGV[7])
@@ -775,7 +808,14 @@ class RedisRevocationStore:
         except _ERRORS as exc:
             raise _unavailable(exc) from None
         self.observe(epoch, recovery, seq, floor)
-        return RevocationIndex.of(zip(fields, values)).check(facts)
+        try:
+            index = RevocationIndex.of(zip(fields, values))
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            # An entry this version cannot read: what it revokes is unknown.
+            raise StoreUnavailable(
+                f"a revocation entry cannot be read ({type(exc).__name__})"
+            ) from None
+        return index.check(facts)
 
     def list(self) -> list[Revocation]:
         """Every live revocation, newest first."""

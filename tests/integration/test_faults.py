@@ -249,3 +249,17 @@ def test_a_verifier_that_only_read_a_key_sees_a_loss_and_fails_closed(
     assert reason(gateway, clock, minted.token) is Reason.REVOCATION_UNAVAILABLE
     # And it did not start a fresh epoch that would hide the loss from others.
     assert redis_backend.raw.hget(LAYOUT.rv_meta, "epoch") is None
+
+
+def test_an_entry_this_version_cannot_read_fails_closed_in_direct_mode(
+    redis_backend: RedisBackend,
+) -> None:
+    """Foreign or corrupt data where an entry should be: revocation_unavailable, not an exception."""
+    clock = redis_backend.clock
+    stores = redis_backend.open(revocation_mode="direct")
+    minted = mint(stores, clock)
+    assert reason(stores, clock, minted.token) is Reason.OK
+    field = Revocation(RevocationKind.USER, ("acme", "alice"), 1).field()
+    for value in (b"\x95\x01\x02\x03\x04\x05", b"not msgpack at all \xc1", b"\x01"):
+        redis_backend.raw.hset(LAYOUT.rv, field, value)
+        assert reason(stores, clock, minted.token) is Reason.REVOCATION_UNAVAILABLE, value

@@ -166,6 +166,25 @@ class RevocationStoreContract:
             is Reason.OK
         )
 
+    def test_of_two_user_revocations_the_later_stays_whatever_order_they_land_in(
+        self, backend: Backend, stores: Stores
+    ) -> None:
+        """An earlier revocation written last (issuers' clocks differ) never moves the user's back in time."""
+        clock = backend.clock
+        at = int(clock())
+        token = mint(stores, clock)
+        clock.advance(3)
+        after_first = mint(stores, clock)
+        user = ("acme", "alice")
+        stores.revocations.revoke(Revocation(RevocationKind.USER, user, at + 5))
+        stores.revocations.revoke(Revocation(RevocationKind.USER, user, at + 1))
+        for minted in (token, after_first):
+            self.expect(backend, stores, minted.token, Reason.REVOKED)
+        later = backend.open(revocation_mode=stores.settings.revocation_mode,
+                             replica_staleness=STALENESS)  # fmt: skip
+        assert reason(later, clock, after_first.token) is Reason.REVOKED
+        assert [r.revoked_at for r in stores.revocations.list()] == [at + 5]
+
     def test_revoking_an_agent_denies_every_token_naming_it_as_a_holder(
         self, backend: Backend, stores: Stores
     ) -> None:
