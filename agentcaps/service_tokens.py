@@ -20,6 +20,7 @@ so no name can reach another customer's resources):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import quote
 
 from agentcaps.decision import Decision, Reason
@@ -173,7 +174,7 @@ def reserved_customer(customer: str) -> None:
         )
 
 
-def reserved_audience(audience: list[str] | tuple[str, ...] | None) -> None:
+def reserved_audience(audience: Sequence[str] | None) -> None:
     """Refuse an agent token's audience that names the service itself.
 
     Raises:

@@ -32,7 +32,6 @@ from agentcaps.service_tokens import (
     customer_resource,
     is_admin,
     mint_issuer_token,
-    reserved_audience,
     reserved_customer,
 )
 
@@ -79,8 +78,6 @@ async def mint_token(request: Request) -> Response:
         asker = service.authority.authorize(
             token, customer_resource(body.customer, "tokens"), "mint"
         )
-        reserved_customer(body.customer)
-        reserved_audience(body.audience)
         issuer = MintIssuer.admin() if is_admin(asker) else MintIssuer.issuer(body.customer)
         grant: dict[str, Any] = {
             "customer": body.customer,

@@ -19,6 +19,7 @@ from agentcaps.mint import DEFAULT_MAX_TTL, MintedToken, Minter, MintRequest
 from agentcaps.policy.decision import PolicyDecision
 from agentcaps.policy.schema import PolicyKind, default_mint_policy
 from agentcaps.policy.store import PolicyStore
+from agentcaps.service_tokens import reserved_audience, reserved_customer
 
 ADMIN_ID = "admin"
 
@@ -156,8 +157,9 @@ def mint_with_policy(
     """Check a mint, ask the mint policy about it, then sign the very token it judged.
 
     The one path every mint of an agent token takes, over HTTP and from the
-    CLI. The deployment's hard limits (names, the maximum ttl) are checked
-    first, so a request that could never be minted is invalid, not denied.
+    CLI. The deployment's hard limits (names, the maximum ttl, the customer
+    and audience reserved for the service's own tokens) are checked first, so
+    a request that could never be minted is invalid, not denied.
 
     Raises:
         InvalidArgument: a value that cannot go into a token.
@@ -168,6 +170,8 @@ def mint_with_policy(
         raise InvalidArgument(
             "agent tokens are signed by their customer's key, never the platform's"
         )
+    reserved_customer(request["customer"])
+    reserved_audience(request.get("audience"))
     plan = minter.plan(**request)
     grant = MintGrant(
         token_id=plan.token_id.hex(),

@@ -321,6 +321,18 @@ def test_revoke_key_denies_its_tokens_with_key_revoked(store_env: dict[str, str]
     assert cli("verify", other, *request, env=store_env).returncode == 0
 
 
+def test_mint_refuses_the_service_s_reserved_customer_and_audience(
+    store_env: dict[str, str],
+) -> None:
+    """`agentcaps mint` makes no agent token for customer or audience `agentcaps`, as the service does not."""
+    base = ["mint", "--user", "admin", "--agent", "a", "--resource", "agentcaps/**",
+            "--action", "admin", "--purpose", "administer", "--ttl", "60"]  # fmt: skip
+    for extra in (["--customer", "agentcaps"], ["--customer", "acme", "--audience", "agentcaps"]):
+        result = cli(*base, *extra, env=store_env)
+        assert "is reserved" in assert_one_line_error(result, 1)
+        assert result.stdout == ""
+
+
 def test_mint_audience_and_not_before_are_enforced_by_verify(store_env: dict[str, str]) -> None:
     """A token minted for an audience verifies only at that audience; --not-before is honoured."""
     start = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
