@@ -9,6 +9,7 @@ policy test` checks), else none.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from agentcaps.policy.gateway import GatewayPolicy
 from agentcaps.policy.mint import PolicyEngine
 from agentcaps.policy.schema import PolicyKind
 from agentcaps.policy.store import PolicyStore, PolicyWatcher, SignalHandler, install_sighup
+
+log = logging.getLogger("agentcaps.policy")
 
 GATEWAY_SUBFOLDER = "gateway"
 
@@ -38,6 +41,9 @@ class Policies:
 
     engine: PolicyEngine
     gateway: GatewayPolicy | None = None
+    # The mint policy folder, when there is one: where a gateway folder that
+    # appears after start-up would be (see `unenforced_gateway`).
+    policy_dir: Path | None = None
 
     @classmethod
     def load(
@@ -62,7 +68,7 @@ class Policies:
             if gateway_dir is not None
             else None
         )
-        return cls(engine, gateway)
+        return cls(engine, gateway, mint_dir)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, policy_dir: str | Path | None = None) -> Policies:
@@ -94,11 +100,31 @@ class Policies:
         """Reload every store now (a failed one keeps its running set)."""
         for store in self.stores:
             store.reload()
+        unenforced = self.unenforced_gateway()
+        if unenforced is not None:
+            log.warning("%s", unenforced)
+
+    def unenforced_gateway(self) -> str | None:
+        """Why gateway policies on disk are not in force, when a gateway folder appeared after start-up.
+
+        Whether there is a gateway policy at all is settled at start-up (the
+        verifiers are built with it or without); a restart brings in a folder
+        added since. Until then this is reported, never silently ignored.
+        """
+        if self.gateway is not None or self.policy_dir is None:
+            return None
+        folder = self.policy_dir / GATEWAY_SUBFOLDER
+        if not folder.is_dir():
+            return None
+        return f"{folder} appeared after start-up: its policies are not enforced until a restart"
 
     def status(self) -> dict[str, Any]:
         """For /readyz details: each set's version and last reload error; `ok` if none failed."""
         mint = self.engine.store.status()
         gateway = self.gateway.store.status() if self.gateway else None
+        unenforced = self.unenforced_gateway()
+        if unenforced is not None:
+            gateway = {"ok": False, "version": "none", "last_error": unenforced}
         return {
             "ok": mint["ok"] and (gateway is None or gateway["ok"]),
             "mint": mint,

@@ -232,6 +232,18 @@ def test_policies_from_settings_use_the_folders_and_find_gateway_inside(folder, 
     assert status["ok"] and status["mint"]["version"] == policies.engine.version
 
 
+def test_a_gateway_folder_added_after_start_up_is_reported_not_ignored(folder, caplog):
+    """Until a restart brings it in, /readyz's status and a reload's log say it is not enforced."""
+    policies = Policies.from_settings(Settings.from_env({"AGENTCAPS_POLICY_DIR": str(folder)}))
+    assert policies.gateway is None and policies.status()["gateway"] is None
+    (folder / "gateway").mkdir()
+    write(folder / "gateway", "forbid (principal, action, resource);\n")
+    status = policies.status()
+    assert not status["ok"] and "not enforced until a restart" in status["gateway"]["last_error"]
+    policies.reload()
+    assert "not enforced until a restart" in caplog.text
+
+
 def test_policies_from_default_settings_are_the_builtin_default_without_gateway():
     """No folders configured: the built-in mint policy for max_ttl, no gateway policy."""
     policies = Policies.from_settings(Settings(max_ttl=120))
