@@ -115,7 +115,11 @@ def run_document(
     if unknown:
         return [CaseResult(file, "", False, f"unknown tables: {', '.join(sorted(unknown))}")]
     defaults = document.get("defaults", {})
-    if not isinstance(defaults, dict) or set(defaults) - {"mint", "gateway"}:
+    if (
+        not isinstance(defaults, dict)
+        or set(defaults) - {"mint", "gateway"}
+        or not all(isinstance(table, dict) for table in defaults.values())
+    ):
         return [
             CaseResult(
                 file, "", False, "[defaults] holds only [defaults.mint] and [defaults.gateway]"
@@ -125,7 +129,7 @@ def run_document(
     seen: set[str] = set()
     for kind in ("mint", "gateway"):
         cases = document.get(kind, [])
-        if not isinstance(cases, list):
+        if not isinstance(cases, list) or not all(isinstance(case, dict) for case in cases):
             return [CaseResult(file, "", False, f"write cases as [[{kind}]] tables")]
         for index, case in enumerate(cases, 1):
             fields = {**_defaults_for(case, defaults.get(kind, {})), **case}

@@ -114,6 +114,20 @@ def test_duplicate_names_and_unknown_tables_fail():
     assert not unknown.passed and "unknown tables: mints" in unknown.message
 
 
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('mint = ["x"]\n', "write cases as [[mint]] tables"),
+        ("gateway = [1, 2]\n", "write cases as [[gateway]] tables"),
+        ('[defaults]\nmint = 5\n[[mint]]\nname = "c"\nexpect = "allow"\n', "[defaults] holds"),
+    ],
+)
+def test_cases_and_defaults_that_are_not_tables_fail_the_file(toml, message):
+    """Tables of the wrong shape are a FAIL naming the file's mistake, not an internal error."""
+    (result,) = run_document("t.toml", tomllib.loads(toml), MINT, GATEWAY)
+    assert not result.passed and message in result.message
+
+
 def test_gateway_cases_without_a_gateway_policy_fail():
     """A gateway case where no gateway policy exists cannot pass."""
     (result,) = run('[[gateway]]\nname = "g"\nexpect = "allow"\n', gateway=None)
