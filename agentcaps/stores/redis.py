@@ -688,11 +688,13 @@ class RedisRevocationStore:
         A token pasted into the reason is masked: revocations are listed back
         to whoever may revoke, and a token string is never shown.
         """
-        default = default_expiry(revocation.revoked_at, self._max_lifetime, self._leeway)
+        # Kept past the last moment a token it touches can verify by two
+        # leeways: one that verifiers honour past expiry, one for the skew
+        # between the clock that prunes (the writer's, a replica's) and theirs.
+        keep = 2 * self._leeway
+        default = default_expiry(revocation.revoked_at, self._max_lifetime, keep)
         expires_at = (
-            default
-            if revocation.expires_at is None
-            else min(revocation.expires_at + self._leeway, default)
+            default if revocation.expires_at is None else min(revocation.expires_at + keep, default)
         )
         return Revocation(
             revocation.kind,

@@ -226,22 +226,26 @@ class RevocationStoreContract:
         with backend.outage(), pytest.raises(StoreUnavailable):
             revoke(stores, clock, RevocationKind.AGENT, "mailer")
 
-    def test_entries_expire_after_the_longest_token_life_plus_leeway(
+    def test_entries_expire_after_the_longest_token_life_plus_two_leeways(
         self, backend: Backend, mode: str
     ) -> None:
-        """An entry is kept max_lifetime + leeway after it is made, and no longer than the token it revokes."""
+        """An entry is kept max_lifetime + 2 × leeway after it is made, and that long after the token it revokes.
+
+        One leeway is what verifiers honour past expiry; the other covers the
+        skew between the clock that prunes entries and a verifier's.
+        """
         stores = backend.open(revocation_mode=mode, max_lifetime=3600, leeway=5)
         clock = backend.clock
         now = int(clock())
         user = revoke(stores, clock, RevocationKind.USER, "acme", "alice")
-        assert user.expires_at == now + 3600 + 5
+        assert user.expires_at == now + 3600 + 10
         token = mint(stores, clock, ttl=60)
         known = revoke(
             stores, clock, RevocationKind.TOKEN, token.token_id, expires_at=token.expires_at
         )
-        assert token.expires_at <= known.expires_at <= token.expires_at + 5  # type: ignore[operator]
+        assert known.expires_at == token.expires_at + 10
         far = revoke(stores, clock, RevocationKind.TOKEN, "ab" * 16, expires_at=now + 10 * 3600)
-        assert far.expires_at == now + 3600 + 5
+        assert far.expires_at == now + 3600 + 10
         for entry in (user, known, far):
             assert backend.raw.zscore(LAYOUT.rv_expiry, entry.field()) == entry.expires_at
 
