@@ -8,7 +8,9 @@ request's resource and action, decided exactly as forward-auth decides them
 say otherwise; `X-Agentcaps-Purpose` and `X-Agentcaps-Actor` are honoured).
 An allowed request reaches the app with the Decision on
 `request.state.agentcaps`; any other gets the service's JSON error (401, 403
-or 503) and never reaches the app. Give the verifier an audit sink
+or 503) and never reaches the app. A WebSocket handshake is decided as the
+GET it is; a refused one is closed before it is accepted (the client sees
+403), with the reason code as the close reason. Give the verifier an audit sink
 (`stores.verifier(audience="crm", audit=trail.recorder)`) and every decision
 is recorded, with the request's id: the client's X-Request-Id when
 well-formed, else a new one, echoed in the response.
@@ -20,6 +22,7 @@ from collections.abc import Collection
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from agentcaps.audit import REQUEST_ID
 from agentcaps.errors import AgentCapsError
@@ -54,7 +57,9 @@ class AgentcapsMiddleware:
         self.public = frozenset(public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public:
+        # Lifespan (and any other scope without a request) passes; HTTP and
+        # WebSocket requests are decided.
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -77,7 +82,7 @@ class AgentcapsMiddleware:
             decision = await without_blocking(
                 lambda local_only: self.gate.decide(
                     authorization=headers.getlist("authorization"),
-                    method=scope["method"],
+                    method=scope.get("method", "GET"),  # a WebSocket handshake is a GET
                     target=raw_path.decode("latin-1"),
                     purposes=headers.getlist("x-agentcaps-purpose"),
                     actors=headers.getlist("x-agentcaps-actor"),
@@ -85,6 +90,11 @@ class AgentcapsMiddleware:
                 )
             )
         except AgentCapsError as exc:
+            if scope["type"] == "websocket":
+                reason = getattr(exc, "reason", None)
+                close = WebSocketClose(1008, reason.value if reason is not None else "")
+                await close(scope, receive, send)
+                return
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_KEY] = decision

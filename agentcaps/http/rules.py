@@ -78,7 +78,11 @@ def path_segments(target: str) -> tuple[str, ...]:
     Raises:
         PathRefused: a path that is not exactly one unambiguous resource.
     """
-    path = target.split("?", 1)[0].split("#", 1)[0]
+    path = target.split("?", 1)[0]
+    if "#" in path:
+        # A fragment never reaches a server; a "#" that did is a path some
+        # servers (uvicorn's h11) keep whole, and must not be judged cut short.
+        raise PathRefused("a '#'")
     if not path.startswith("/"):
         raise PathRefused("it does not start with '/'")
     if not path.isascii() or not path.isprintable():

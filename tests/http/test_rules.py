@@ -46,6 +46,8 @@ def test_plain_paths_decode_once_into_segments(target: str, segments: tuple[str,
         "/crm/%0a",  # control character
         "/crm/\x01",
         "/crm/%252e%252e/admin",  # double encoding
+        "/files/public/a.txt#/../../secret.txt",  # a '#' some servers keep in the path
+        "/crm#x",
         "/crm/%zz",  # bad escape
         "/crm/%",
         "/crm/%c3",  # not UTF-8
