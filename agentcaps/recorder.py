@@ -105,8 +105,16 @@ class Spool:
             self._open()
         assert self._fd is not None
         data = b"".join(_line(e) for e in batch.events())
-        os.write(self._fd, data)
-        os.fsync(self._fd)
+        try:
+            _write_all(self._fd, data)
+            os.fsync(self._fd)
+        except OSError:
+            # Leave no part of the batch behind (a full disk writes some of
+            # it): a torn line is skipped when the file is read back, and the
+            # caller holds the whole batch instead.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
         self._size += len(data)
         self.pending += len(batch)
 
@@ -143,6 +151,26 @@ class Spool:
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            # Our own file, released by close() with events still in it (an
+            # event recorded after close follows them): append to it.
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                # Held by another writer that is adopting it: an OSError, and
+                # the caller keeps the batch in memory.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._size = os.fstat(fd).st_size
+            self._fd = fd
+            return
+        # No file (never made, or adopted and sent by another writer): a new
+        # one, with nothing in it waiting.
+        self._offset = self._size = self.pending = 0
         # Created under a temporary name and locked before it gets its real
         # one: another writer never sees (and adopts) an unlocked new file.
         temporary = self.path.with_suffix(".new")
@@ -160,6 +188,20 @@ class Spool:
         if not self.directory.is_dir():
             return []
         return sorted(p for p in self.directory.glob("*" + self.SUFFIX) if p != self.path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`; os.write may write less (a full disk) before it fails.
+
+    Raises:
+        OSError: not all of it could be written.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError("the spool file takes no more bytes")
+        view = view[written:]
 
 
 def _line(sealed: Sealed) -> bytes:
@@ -440,6 +482,10 @@ class Recorder:
             with self._lock:
                 while self._queue and len(self._queue) > self._limit - self._batch:
                     self._process(self._take(self._batch))
+                if self._closed and self._spool is not None:
+                    # An event after close that went to the spool: let go of
+                    # the file again, for the next writer to adopt.
+                    self._spool.close()
         except Exception:  # a verification never fails because its record did
             log.exception("audit: writing a batch from the caller failed")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,6 +178,56 @@ def test_close_with_the_log_down_leaves_a_spool_the_next_writer_sends(
     assert not left[0].exists()
     assert check_chains(log.stored(), trimmed=False).ok
     assert {b.writer for b in log.batches} == {first.writer, second.writer}
+
+
+def test_an_event_recorded_after_a_close_with_the_log_down_joins_the_spool(
+    log: FakeLog, tmp_path: Path, recorders: list[Recorder]
+) -> None:
+    """A request finishing during shutdown appends to the spool close() left; it never replaces it."""
+    log.up = False
+    first = Recorder(log, spool=tmp_path, interval=LONG, retry_interval=0.01)
+    for n in range(5):
+        first.record(numbered(n))  # type: ignore[arg-type]
+    first.close(timeout=1)
+    first.record(numbered(5))  # type: ignore[arg-type]
+    assert first.pending == 6 and first.dropped == 0
+    log.up = True
+    second = make(recorders, log, spool=tmp_path)
+    assert second.flush(5) and second.pending == 0
+    assert sorted(log.kinds()) == [f"e{n}" for n in range(6)]
+    assert check_chains(log.stored(), trimmed=False).ok
+
+
+def test_a_spool_write_that_fails_part_way_leaves_nothing_half_written(
+    log: FakeLog, tmp_path: Path, recorders: list[Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk mid-batch: the batch is held in memory (counted), not counted as spooled and then lost."""
+    recorder = make(recorders, log, spool=tmp_path)
+    log.up = False
+    recorder.record(numbered(0))  # type: ignore[arg-type]
+    recorder.flush(1)
+    assert recorder.status()["spooled"] == 1
+    real_write = os.write
+    calls: list[int] = []
+
+    def full_disk(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data)[: len(data) // 2])  # part of it, then no room
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    for n in range(1, 4):
+        recorder.record(numbered(n))  # type: ignore[arg-type]
+    recorder.flush(1)
+    monkeypatch.setattr(os, "write", real_write)
+    assert calls and recorder.pending == 4 and recorder.dropped == 0
+    [spool] = tmp_path.glob("*" + Spool.SUFFIX)
+    assert len(spool.read_bytes().splitlines()) == 1  # the first event only, whole
+    log.up = True
+    assert recorder.flush(5) and recorder.pending == 0
+    assert log.kinds() == [f"e{n}" for n in range(4)]
+    assert check_chains(log.stored(), trimmed=False).ok
 
 
 def test_a_full_queue_makes_the_caller_write_instead_of_dropping(
