@@ -309,7 +309,20 @@ def pack_fields(fields: list[Any]) -> bytes:
         pack = _packers.pack
     except AttributeError:
         pack = _packers.pack = msgpack.Packer().pack
-    return pack(fields)[_FIELDS_HEADER:]  # type: ignore[no-any-return]
+    try:
+        return pack(fields)[_FIELDS_HEADER:]  # type: ignore[no-any-return]
+    except UnicodeEncodeError:
+        # Text a caller gave (a resource, say) can hold lone surrogates, which
+        # UTF-8 cannot carry: recorded escaped rather than not at all.
+        return pack([_encodable(v) for v in fields])[_FIELDS_HEADER:]  # type: ignore[no-any-return]
+
+
+def _encodable(value: Any) -> Any:
+    if type(value) is str:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if type(value) is tuple or type(value) is list:
+        return [_encodable(v) for v in value]
+    return value
 
 
 def verification_event(

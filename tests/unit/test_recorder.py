@@ -296,3 +296,15 @@ def test_a_torn_last_spool_line_is_ignored(tmp_path: Path, log: FakeLog) -> None
         assert log.kinds() == ["e0", "e1", "e2"]
     finally:
         second.close()
+
+
+def test_a_request_text_utf8_cannot_carry_is_recorded_escaped(
+    log: FakeLog, recorders: list[Recorder]
+) -> None:
+    """A lone surrogate in a caller's resource: the verification is recorded (escaped), never raised."""
+    recorder = make(recorders, log)
+    decision = Decision(False, Reason.RESOURCE_DENIED, "ab" * 16, "k1", "acme", "alice", ("a",))
+    recorder.verified(decision, "crm/\udcff", "read", None, None, None, 1e-5)
+    assert recorder.flush(5)
+    [stored] = log.stored()
+    assert decode(stored.body).resource == "crm/\\udcff"
