@@ -682,6 +682,9 @@ def body_of(view: Mapping[str, Any]) -> bytes:
     return msgpack.packb([*header, *values])  # type: ignore[no-any-return]
 
 
+_LAST_TIME = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+
+
 def decode(body: bytes, *, hash: str | None = None, entry: str | None = None) -> AuditEvent:
     """The event in a stored body (nothing is checked against its hash here).
 
@@ -692,13 +695,15 @@ def decode(body: bytes, *, hash: str | None = None, entry: str | None = None) ->
         values = msgpack.unpackb(body, use_list=False, raw=False)
         if type(values) is not tuple or len(values) < _HEADER + 2 or values[0] != FORMAT:
             raise UnreadableEvent("not an audit event of format 1")
+        _, writer, seq, prev, _kind, when = values[: _HEADER + 2]
+        # What every reader relies on (ids, order, a time that is a date): a
+        # stored body that breaks it is unreadable, never an error downstream.
+        if type(writer) is not str or type(prev) is not str or type(seq) is not int or seq < 0:
+            raise UnreadableEvent("an audit event's header has the wrong types")
+        if type(when) not in (int, float) or not 0 <= when < _LAST_TIME:
+            raise UnreadableEvent("an audit event's time is not a date")
         return AuditEvent.from_values(
-            values[_HEADER:],
-            writer=values[1],
-            seq=values[2],
-            prev=values[3],
-            hash=hash,
-            entry=entry,
+            values[_HEADER:], writer=writer, seq=seq, prev=prev, hash=hash, entry=entry
         )
     except UnreadableEvent:
         raise

@@ -19,6 +19,7 @@ from agentcaps.audit import (
     HashChain,
     Head,
     StoredEvent,
+    UnreadableEvent,
     batches_of,
     body_hash,
     body_of,
@@ -330,3 +331,16 @@ def test_verification_fields_follow_the_field_order() -> None:
         "verify", "resource_denied", "crm/a", "r1",
     )  # fmt: skip
     assert named["latency_us"] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("when", [1e20, float("nan"), float("inf"), -1.0, "x", None])
+def test_a_body_whose_time_is_not_a_date_is_unreadable_and_a_chain_break(when: Any) -> None:
+    """Correctly chained but with a time no reader can show: unreadable (skipped by queries), a break for verify."""
+    fields = list(event(AuditKind.KEY, NOW, op="create", key_id="k1").fields())
+    fields[FIELDS.index("time")] = when
+    batch = HashChain("wbad").seal([pack_fields(fields)])
+    [sealed] = batch.events()
+    with pytest.raises(UnreadableEvent):
+        decode(sealed.body)
+    report = check_chains([StoredEvent("1-0", sealed.body, sealed.hash)], trimmed=False)
+    assert not report.ok and "not a date" in report.breaks[0].problem
