@@ -856,6 +856,15 @@ def check_chains(
             report.breaks.append(
                 ChainBreak(f"{writer}:{seen[0]}", seen[2], "altered: the recorded head differs")
             )
+        elif seen[0] > head.seq:
+            # A writer records its head with its events, atomically: events
+            # past it were not written by that writer.
+            span = f"{writer}:{head.seq + 1}" + (f"..{seen[0]}" if seen[0] > head.seq + 1 else "")
+            report.breaks.append(
+                ChainBreak(
+                    f"{writer}:{head.seq + 1}", None, f"added: {span} after the recorded head"
+                )
+            )
     if heads is not None:
         for writer in sorted(set(last) - set(heads)):
             report.notes.append(f"writer {writer} has no recorded head (its end is unchecked)")

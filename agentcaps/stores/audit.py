@@ -234,9 +234,14 @@ class RedisAuditLog:
         return [_stored(entry, fields) for entry, fields in cast("list[Any]", raw)]
 
     def scan(
-        self, *, after: str | None = None, before: str | None = None, reverse: bool = False
+        self,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        until: str | None = None,
+        reverse: bool = False,
     ) -> Iterator[StoredEvent]:
-        """Every entry after `after` (or before `before`, newest first with `reverse`), paged.
+        """Every entry after `after` and up to `until` (or before `before`, newest first with `reverse`), paged.
 
         Raises:
             StoreUnavailable: Redis did not answer.
@@ -244,7 +249,7 @@ class RedisAuditLog:
         if reverse:
             start, end = ("(" + before) if before else "+", "-"
         else:
-            start, end = ("(" + after) if after else "-", "+"
+            start, end = ("(" + after) if after else "-", until or "+"
         while True:
             page = self._range(start, end, PAGE, reverse)
             yield from page
@@ -310,14 +315,18 @@ class RedisAuditLog:
             raw = cast("dict[bytes, bytes]", self._client.hgetall(self.layout.heads))
         except _ERRORS as exc:
             raise _unavailable(exc) from None
-        out: dict[str, Head] = {}
-        for writer, value in raw.items():
-            try:
-                seq, digest, ms = value.decode().split(" ")
-                out[writer.decode()] = Head(int(seq), digest, int(ms) / 1000)
-            except ValueError:
-                out[writer.decode()] = Head(-1, "", 0.0)
-        return out
+        return _heads(raw)
+
+    def _heads_and_last_entry(self) -> tuple[dict[str, Head], str | None]:
+        """The heads and the stream's newest entry id, read together (one transaction)."""
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(self.layout.heads)
+            pipe.xrevrange(self.layout.events, count=1)
+            raw, newest = pipe.execute()
+        except _ERRORS as exc:
+            raise _unavailable(exc) from None
+        return _heads(raw), (newest[0][0].decode() if newest else None)
 
     def info(self) -> dict[str, Any]:
         """The stream's length, first entry and what Redis says was ever deleted from it."""
@@ -343,14 +352,17 @@ class RedisAuditLog:
             StoreUnavailable: Redis did not answer.
         """
         info = self.info()
-        heads = self.heads()
+        heads, last = self._heads_and_last_entry()
         trimmed = info["max_deleted"] != "0-0" or info["added"] > info["length"]
         first = info["first"]
         if first is not None:
             trimmed_before = _entry_ms(first)
         else:  # an empty stream: only retention by age may have emptied it
             trimmed_before = time.time() - self._max_age if self._max_age else float("-inf")
-        report = check_chains(self.scan(), heads, trimmed=trimmed, trimmed_before=trimmed_before)
+        # The stream as it was when the heads were read: what writers add
+        # meanwhile is checked next time, not taken for events past a head.
+        stored = self.scan(until=last) if last is not None else iter(())
+        report = check_chains(stored, heads, trimmed=trimmed, trimmed_before=trimmed_before)
         if first is not None and _entry_id(info["max_deleted"]) > _entry_id(first):
             # Trimming removes a stream's oldest entries only; this was XDEL.
             report.breaks.append(
@@ -361,6 +373,17 @@ class RedisAuditLog:
                 )
             )
         return report
+
+
+def _heads(raw: dict[bytes, bytes]) -> dict[str, Head]:
+    out: dict[str, Head] = {}
+    for writer, value in raw.items():
+        try:
+            seq, digest, ms = value.decode().split(" ")
+            out[writer.decode()] = Head(int(seq), digest, int(ms) / 1000)
+        except ValueError:
+            out[writer.decode()] = Head(-1, "", 0.0)
+    return out
 
 
 def _entry_id(entry: str) -> tuple[int, int]:

@@ -112,6 +112,36 @@ def test_every_event_of_a_writer_deleted_is_named_by_its_head(
     assert report.first_break is not None and "every event" in report.first_break.problem
 
 
+def test_events_added_past_a_writers_head_are_a_break(
+    log: RedisAuditLog, memory_stores: Stores
+) -> None:
+    """A forged event, correctly chained after the last one but without its writer's head: added."""
+    chain = HashChain("wa")
+    log.append(chain.seal(events(3)))
+    [forged] = chain.seal(events(1)).events()  # wa:3, linked to wa:2's hash
+    memory_stores.client.xadd(log.layout.events, {"e": forged.body, "h": forged.hash})
+    report = log.check()
+    assert report.first_break is not None and report.first_break.event == "wa:3"
+    assert "after the recorded head" in report.first_break.problem
+
+
+def test_events_written_while_a_check_reads_are_left_for_the_next_check(
+    log: RedisAuditLog, memory_stores: Stores
+) -> None:
+    """The check reads the stream as it was with the heads: a writer going on meanwhile is no break."""
+    chain = HashChain("wa")
+    log.append(chain.seal(events(2)))
+    real_scan = log.scan
+
+    def scan_while_writing(**kwargs: object):  # type: ignore[no-untyped-def]
+        log.append(chain.seal(events(2)))  # the writer goes on while the check reads
+        return real_scan(**kwargs)  # type: ignore[arg-type]
+
+    log.scan = scan_while_writing  # type: ignore[method-assign]
+    report = log.check()
+    assert report.ok and report.checked == 2
+
+
 def test_an_unreadable_entry_is_a_break(log: RedisAuditLog, memory_stores: Stores) -> None:
     """An entry that is not an event (added by hand) breaks the check."""
     log.append(HashChain("wa").seal(events(1)))
