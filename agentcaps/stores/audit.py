@@ -65,6 +65,8 @@ log = logging.getLogger("agentcaps.audit")
 Clock = Callable[[], float]
 
 PAGE = 1000  # entries per XRANGE while scanning
+_FIRST_ID = "0-0"
+_LAST_ID = f"{2**64 - 1}-{2**64 - 1}"
 SCRIPT_EVENTS = 256  # events per script call: ~1 ms of Redis time
 DEFAULT_SCAN_LIMIT = 200_000  # entries one query reads at most
 # Events are written after they happen, so an event's stream id is later than
@@ -246,6 +248,10 @@ class RedisAuditLog:
         Raises:
             StoreUnavailable: Redis did not answer.
         """
+        # Nothing is older than the first possible id or newer than the last;
+        # Redis refuses such an exclusive bound rather than answer nothing.
+        if (reverse and before == _FIRST_ID) or (not reverse and after == _LAST_ID):
+            return
         if reverse:
             start, end = ("(" + before) if before else "+", "-"
         else:

@@ -20,7 +20,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 import agentcaps
-from agentcaps.audit import HashChain, pack_fields, verification_fields
+from agentcaps.audit import AuditQuery, HashChain, pack_fields, verification_fields
 from agentcaps.decision import Decision, Reason
 from agentcaps.stores.audit import AuditLayout, RedisAuditLog
 from tests.conftest import RedisServer
@@ -297,3 +297,14 @@ def test_retention_trims_the_stream_and_the_chains_still_check(redis_server: Red
     assert report.ok and report.writers["wretain"][1] == 4999
     assert any("trimmed by retention" in note for note in report.notes)
     assert msgpack.unpackb(next(log.scan()).body)[1] == "wretain"
+
+
+def test_cursors_at_either_end_of_the_stream_give_empty_pages(redis_server: RedisServer) -> None:
+    """Nothing is before 0-0 or after the last possible id; a real Redis refuses such exclusive bounds."""
+    client = redis.Redis.from_url(redis_server.url)
+    log = RedisAuditLog(client, layout=AuditLayout("cursor-test"))
+    log.append(HashChain("wa").seal([pack_fields(["key", 1.0] + [None] * 28)]))
+    query = AuditQuery()
+    assert log.query(query, before="0-0").events == []
+    assert log.query(query, after=f"{2**64 - 1}-{2**64 - 1}").events == []
+    assert len(log.query(query).events) == 1
