@@ -107,6 +107,17 @@ def _int_type(low: int, high: int | None, what: str) -> Callable[[str], int]:
     return parse
 
 
+def _seconds_type(text: str) -> float:
+    """An argparse type: a finite, positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0-86400)")
+    return value
+
+
 _positive_int = _int_type(1, None, "a whole number")
 _count = _int_type(0, None, "a whole number")
 _port = _int_type(0, 65535, "a port number")
@@ -1228,7 +1239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument(
         "--interval",
-        type=float,
+        type=_seconds_type,
         default=1.0,
         metavar="SECONDS",
         help="--follow: seconds between polls",

@@ -66,12 +66,14 @@ def read_jsonl(path: str | Path) -> Iterator[StoredEvent]:
     Raises:
         OSError: the file cannot be read.
     """
-    with open(path, encoding="utf-8") as lines:
+    with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                view = json.loads(line)
+                view = json.loads(line.decode("utf-8"))
                 yield StoredEvent(f"line {number}", body_of(view), str(view.get("hash")))
-            except (ValueError, KeyError, TypeError, AttributeError):
+            # Whatever a line holds (bad UTF-8, nesting past the parser's
+            # depth, numbers msgpack cannot carry), it is one unreadable event.
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
                 yield StoredEvent(f"line {number}", b"", "")

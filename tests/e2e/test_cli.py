@@ -383,3 +383,14 @@ def test_revocations_recover_starts_a_recovery_epoch_and_says_what_it_means(
     meta = client.hgetall(Layout().rv_meta)
     client.close()
     assert int(meta[b"recovery"]) > 0 and meta[b"epoch"]
+
+
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf", "soon"])
+def test_audit_follow_refuses_an_interval_that_is_not_a_number_of_seconds(interval: str) -> None:
+    """--interval is checked with the other arguments: a usage error, not a failure mid-follow."""
+    result = cli("audit", "--follow", "--interval", interval, env=clean_env())
+    assert (
+        result.returncode == 2
+        and "--interval" in result.stderr
+        and "Traceback" not in result.stderr
+    )

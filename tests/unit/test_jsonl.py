@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
 from agentcaps.audit import AuditKind, check_chains, event
 from agentcaps.stores.audit import open_audit
 from agentcaps.stores.jsonl import read_jsonl
@@ -56,3 +58,19 @@ def test_a_line_that_is_not_an_event_is_a_break(tmp_path: Path) -> None:
     target = tmp_path / "audit.jsonl"
     target.write_text('{"kind": "mint"}\nnot json\n')
     assert len(check_chains(read_jsonl(target), trimmed=True).breaks) == 2
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"writer": "w", "seq": 18446744073709551616, "prev": "0", "kind": "key", "time": 1}',
+        b"[" * 100_000,
+        b'{"kind": "\\xff\\xfe"}'.replace(b"\\xff\\xfe", b"\xff\xfe"),
+    ],
+)
+def test_a_line_no_reader_can_take_is_an_unreadable_event(tmp_path: Path, line: bytes) -> None:
+    """Numbers msgpack cannot carry, nesting past the parser, bytes that are not UTF-8: a break, not a crash."""
+    target = tmp_path / "odd.jsonl"
+    target.write_bytes(line + b"\n")
+    report = check_chains(read_jsonl(target), trimmed=True)
+    assert report.checked == 1 and len(report.breaks) == 1
