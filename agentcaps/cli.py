@@ -17,6 +17,7 @@ import getpass
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -76,12 +77,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+# A token someone passed where something else belongs ends up quoted in the
+# message about it (argparse quotes the bad value): never print it back.
+_TOKEN_TEXT = re.compile(r"agc_[A-Za-z0-9_-]{16,}")
+
+
 def _err(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {_TOKEN_TEXT.sub('[token]', message)}", file=sys.stderr)
 
 
 def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(f"{PROG}: warning: {_TOKEN_TEXT.sub('[token]', message)}", file=sys.stderr)
 
 
 def _print_json(value: object) -> None:
@@ -1300,7 +1306,7 @@ def _audit_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", metavar="TIME", help="as --since")
     p.add_argument(
         "--limit",
-        type=_positive_int,
+        type=_int_type(1, MAX_LIMIT, "a number of events"),
         default=100,
         metavar="N",
         help=f"the newest N matching events (default 100, at most {MAX_LIMIT})",

@@ -69,9 +69,9 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password (authority, `password=` or `sentinel_password=`) replaced by `***`."""
+    """`url` with any password (authority, or a query option named `…password`) replaced by `***`."""
     url = re.sub(r"^([a-z+]+://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
-    return re.sub(r"([?&](?:sentinel_)?password=)[^&#]*", r"\1***", url)
+    return re.sub(r"([?&][a-z_]*password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def parse_master_key(text: str) -> bytes:
@@ -102,13 +102,19 @@ def parse_master_key(text: str) -> bytes:
     )
 
 
+def _is_text(data: bytes) -> bool:
+    return all(32 <= b < 127 or b in b"\t\r\n" for b in data)
+
+
 def read_master_key_file(path: str) -> bytes:
     """The master key from a file holding its text form (or exactly 32 raw bytes)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the master key file {path}: {exc.strerror}") from None
-    if len(data) == MASTER_KEY_BYTES:
+    # 32 raw bytes (head -c 32 /dev/urandom), unless they are text: a
+    # passphrase of 31 characters and a newline is not a key.
+    if len(data) == MASTER_KEY_BYTES and not _is_text(data):
         return data
     try:
         return parse_master_key(data.decode("ascii"))
@@ -118,7 +124,12 @@ def read_master_key_file(path: str) -> bytes:
         ) from None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+_TEN_YEARS = 10 * 365 * 24 * 3600
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    # Bounded above too: a value no deployment means would only fail later,
+    # far from its cause (an overflow in a timer, a script Redis refuses).
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -126,12 +137,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be from {minimum} to {maximum}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+def _float(
+    env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float
+) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -139,8 +152,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number") from None
-    if not value >= minimum:
-        raise ConfigError(f"{name} must be at least {minimum}")
+    if not minimum <= value <= maximum:  # also refuses nan
+        raise ConfigError(f"{name} must be from {minimum:g} to {maximum:g}")
     return value
 
 
@@ -218,7 +231,7 @@ class Settings:
             raise ConfigError("AGENTCAPS_REVOCATION_MODE must be direct or replica")
         wait_raw = env.get("AGENTCAPS_WAIT_REPLICAS", "")
         wait_replicas = (
-            None if wait_raw in ("", "auto") else _int(env, "AGENTCAPS_WAIT_REPLICAS", 0)
+            None if wait_raw in ("", "auto") else _int(env, "AGENTCAPS_WAIT_REPLICAS", 0, 0, 1000)
         )
         audience = env.get("AGENTCAPS_AUDIENCE") or None
         if audience is not None:
@@ -238,22 +251,24 @@ class Settings:
             redis_url=env.get("AGENTCAPS_REDIS_URL") or None,
             master_key=master_key,
             revocation_mode=mode,
-            replica_staleness=_float(env, "AGENTCAPS_REPLICA_STALENESS", 2.0, 0.1),
-            redis_timeout=_float(env, "AGENTCAPS_REDIS_TIMEOUT", 0.25, 0.01),
-            max_ttl=_int(env, "AGENTCAPS_MAX_TTL", DEFAULT_MAX_TTL, 1),
-            max_lifetime=_int(env, "AGENTCAPS_MAX_LIFETIME", DEFAULT_MAX_LIFETIME, 1),
-            leeway=_int(env, "AGENTCAPS_LEEWAY", 0),
+            replica_staleness=_float(env, "AGENTCAPS_REPLICA_STALENESS", 2.0, 0.1, 3600),
+            redis_timeout=_float(env, "AGENTCAPS_REDIS_TIMEOUT", 0.25, 0.01, 300),
+            max_ttl=_int(env, "AGENTCAPS_MAX_TTL", DEFAULT_MAX_TTL, 1, _TEN_YEARS),
+            max_lifetime=_int(env, "AGENTCAPS_MAX_LIFETIME", DEFAULT_MAX_LIFETIME, 1, _TEN_YEARS),
+            leeway=_int(env, "AGENTCAPS_LEEWAY", 0, 0, 3600),
             wait_replicas=wait_replicas,
             audience=audience,
             routes_file=env.get("AGENTCAPS_ROUTES") or None,
             policy_dir=env.get("AGENTCAPS_POLICY_DIR") or None,
             gateway_policy_dir=env.get("AGENTCAPS_GATEWAY_POLICY_DIR") or None,
-            policy_poll_interval=_float(env, "AGENTCAPS_POLICY_POLL_INTERVAL", 1.0, 0.0),
-            signature_cache_size=_int(env, "AGENTCAPS_SIGNATURE_CACHE", 4096, 0),
+            policy_poll_interval=_float(env, "AGENTCAPS_POLICY_POLL_INTERVAL", 1.0, 0.0, 3600),
+            signature_cache_size=_int(env, "AGENTCAPS_SIGNATURE_CACHE", 4096, 0, 10_000_000),
             audit=audit,
             audit_spool=env.get("AGENTCAPS_AUDIT_SPOOL") or None,
-            audit_max_age=_int(env, "AGENTCAPS_AUDIT_MAX_AGE", DEFAULT_AUDIT_MAX_AGE, 0),
-            audit_max_len=_int(env, "AGENTCAPS_AUDIT_MAX_LEN", DEFAULT_AUDIT_MAX_LEN, 1000),
+            audit_max_age=_int(
+                env, "AGENTCAPS_AUDIT_MAX_AGE", DEFAULT_AUDIT_MAX_AGE, 0, _TEN_YEARS
+            ),
+            audit_max_len=_int(env, "AGENTCAPS_AUDIT_MAX_LEN", DEFAULT_AUDIT_MAX_LEN, 1000, 10**10),
             log_format=log_format,
             access_log=access_log,
         )

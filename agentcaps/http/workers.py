@@ -21,6 +21,8 @@ import socket
 import sys
 from typing import Any
 
+from agentcaps.errors import ConfigError
+
 log = logging.getLogger("agentcaps.http")
 
 _BACKLOG = 2048
@@ -61,7 +63,10 @@ def serve_workers(count: int, host: str, port: int, options: dict[str, Any]) -> 
     stopped too: a half-served port would fail some requests and not others.
     """
     # Fail here, before any worker starts, if the port cannot be bound.
-    listening_socket(host, port).close()
+    try:
+        listening_socket(host, port).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(target=_worker, args=(host, port, options), name=f"agentcaps-worker-{i}")

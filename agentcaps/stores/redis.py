@@ -1215,8 +1215,13 @@ def open_client(
             single = redis.Redis.from_url(
                 address.url, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **options
             )
-        except ValueError as exc:
-            raise ConfigError(f"cannot use the store URL: {exc}") from None
+        except ValueError:
+            # Not redis-py's message: it quotes parts of the URL, which can be
+            # a password when the URL is malformed around it.
+            raise ConfigError(
+                "cannot use the store URL: redis-py cannot read it (check the host, the "
+                "port and the database, and percent-encode '/', '#' and '@' in a password)"
+            ) from None
         return single, single.close
     if address.topology == "sentinel":
         sentinel = open_sentinels(address, timeout)

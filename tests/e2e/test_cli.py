@@ -394,3 +394,16 @@ def test_audit_follow_refuses_an_interval_that_is_not_a_number_of_seconds(interv
         and "--interval" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def test_a_token_passed_where_it_does_not_belong_is_not_printed_back(stores: Stores) -> None:
+    """argparse quotes a bad value in its error; a token there is masked."""
+    token = stores.minter().mint(**SCOPE)
+    for args in (
+        ["audit", "trace", token],
+        ["audit", "--token-id", token],
+        ["inspect", token, token],
+    ):
+        result = cli(*args, env=clean_env())
+        assert result.returncode == 2 and token not in result.stderr, args
+        assert "[token]" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -348,3 +349,16 @@ def test_admin_token_needs_a_real_store() -> None:
     """`admin-token` on memory:// is an error pointing to serve's bootstrap token."""
     result = run_cli("admin-token", env=clean_env())
     assert result.returncode == 1 and "bootstrap" in result.stderr
+
+
+def test_several_workers_on_a_port_in_use_is_a_one_line_error(redis_server: RedisServer) -> None:
+    """The supervisor binds the port before starting workers: taken, it says so and exits 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = deployment_env(redis_server)
+        result = run_cli("serve", "--workers", "2", "--port", str(port), env=env)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
