@@ -38,6 +38,7 @@ from agentcaps.decision import Decision
 from agentcaps.keys import RootKey
 from agentcaps.mint import MintedToken
 from agentcaps.revocation import Revocation, RevocationKind
+from agentcaps.wire import mask_tokens
 
 FORMAT = 1
 GENESIS = "0" * 64  # the `prev` of a writer's first event
@@ -101,12 +102,10 @@ LIST_FIELDS = frozenset(
     {"chain", "delegation_ids", "audience", "resources", "actions", "purposes", "policies"}
 )
 
-_TOKEN_TEXT = re.compile(r"agc_[A-Za-z0-9_\-]*")
-
 
 def mask(text: str) -> str:
     """`text` with anything token-shaped replaced by `[token]`: events never hold a token."""
-    return _TOKEN_TEXT.sub("[token]", text) if "agc_" in text else text
+    return mask_tokens(text)
 
 
 def _clean(value: Any) -> Any:
@@ -952,17 +951,17 @@ def parse_time(text: str, now: float) -> float:
     else:
         # "nan" compares false with every time: the filter would silently vanish.
         if not math.isfinite(seconds):
-            raise ValueError(f"{text[:40]!r} is not a time: it must be a finite number")
+            raise ValueError("not a time: it must be a finite number")
         return seconds
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
         raise ValueError(
-            f"{text[:40]!r} is not a time: give unix seconds, ISO 8601 with a zone "
+            "not a time: give unix seconds, ISO 8601 with a zone "
             "(2026-12-01T10:00:00Z) or a duration ago (15m, 2h, 7d)"
         ) from None
     if when.tzinfo is None:
-        raise ValueError(f"{text[:40]!r} has no time zone: add Z for UTC or an offset")
+        raise ValueError("the time has no zone: add Z for UTC or an offset")
     return when.timestamp()
 
 

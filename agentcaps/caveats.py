@@ -72,9 +72,11 @@ def check_resource_glob(glob: object) -> str:
         )
     for segment in glob.split("/"):
         if segment in ("", ".", ".."):
-            raise InvalidArgument(f"resource pattern {glob!r} has an empty, '.' or '..' segment")
+            raise InvalidArgument("a resource pattern has an empty, '.' or '..' segment")
         if "*" in segment and segment not in ("*", "**"):
-            raise InvalidArgument(f"resource pattern {glob!r}: '*' must be a whole segment")
+            raise InvalidArgument(
+                "a resource pattern has '*' inside a segment: '*' is a whole segment"
+            )
     return glob
 
 

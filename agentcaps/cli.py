@@ -17,7 +17,6 @@ import getpass
 import json
 import math
 import os
-import re
 import sys
 import time
 import warnings
@@ -39,6 +38,7 @@ from agentcaps.errors import (
 )
 from agentcaps.mint import Minter
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
+from agentcaps.wire import mask_tokens
 
 if TYPE_CHECKING:
     from agentcaps.audit import AuditEvent, AuditSink
@@ -79,15 +79,14 @@ class _Parser(argparse.ArgumentParser):
 
 # A token someone passed where something else belongs ends up quoted in the
 # message about it (argparse quotes the bad value): never print it back.
-_TOKEN_TEXT = re.compile(r"agc_[A-Za-z0-9_-]{16,}")
 
 
 def _err(message: str) -> None:
-    print(f"{PROG}: error: {_TOKEN_TEXT.sub('[token]', message)}", file=sys.stderr)
+    print(f"{PROG}: error: {mask_tokens(message)}", file=sys.stderr)
 
 
 def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {_TOKEN_TEXT.sub('[token]', message)}", file=sys.stderr)
+    print(f"{PROG}: warning: {mask_tokens(message)}", file=sys.stderr)
 
 
 def _print_json(value: object) -> None:

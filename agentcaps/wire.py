@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -272,6 +273,18 @@ def _decode_v2_body(data: bytes, limits: Limits) -> RawMacaroon:
 
 
 # --- token strings -----------------------------------------------------------
+
+
+_TOKEN_TEXT = re.compile(PREFIX + r"[A-Za-z0-9_-]+")
+
+
+def mask_tokens(text: str) -> str:
+    """`text` with anything token-shaped (`agc_` and base64url) replaced by `[token]`.
+
+    For text that may quote a token in the wrong place (a resource, a reason,
+    an error about an argument): a token is never shown back or stored.
+    """
+    return _TOKEN_TEXT.sub("[token]", text) if PREFIX in text else text
 
 
 def encode_token(mac: RawMacaroon) -> str:

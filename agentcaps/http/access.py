@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qsl, unquote_plus
@@ -27,13 +26,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentcaps.audit import REQUEST_ID
 from agentcaps.http.errors import TokenInQuery, error_response, log_internal
 from agentcaps.http.logs import REQUEST_ID_HEADER, request_id_from
+from agentcaps.wire import mask_tokens
 
 # Counts one answered request: (method, route template, status, seconds).
 RequestObserver = Callable[[str, str, int, float], None]
 
 log = logging.getLogger("agentcaps.http.access")
 
-_TOKEN_TEXT = re.compile(r"agc_[A-Za-z0-9_\-]*")
 _TOKEN_PARAMS = frozenset({"token", "access_token", "bearer", "authorization"})
 
 
@@ -48,9 +47,9 @@ def token_in_query(query: bytes) -> bool:
     return any(name in _TOKEN_PARAMS for name in names)
 
 
-def mask_tokens(text: str) -> str:
+def log_text(text: str) -> str:
     """`text` for a log line: token-shaped parts masked, control characters escaped."""
-    masked = _TOKEN_TEXT.sub("agc_...", text)
+    masked = mask_tokens(text)
     return masked if masked.isprintable() else masked.encode("unicode_escape").decode("ascii")
 
 
@@ -116,7 +115,7 @@ def _log_request(scope: Scope, status: int, seconds: float, route: str, request_
     """One access line: the path without its query, token-shaped parts masked."""
     client = scope.get("client")
     where = f"{client[0]}:{client[1]}" if client else "-"
-    path = mask_tokens(scope["path"])
+    path = log_text(scope["path"])
     log.info(
         '%s - "%s %s" %d %.1fms',
         where,

@@ -9,6 +9,7 @@ the model sees it, so that a value means one thing only.
 from __future__ import annotations
 
 import json
+import re
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -23,6 +24,7 @@ from agentcaps.http.errors import (
 )
 
 MAX_BODY_BYTES = 64 * 1024
+_CONTENT_LENGTH = re.compile(r"[0-9]+")
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -36,9 +38,12 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        # ASCII digits only (str.isdigit takes "²" too), and few of them: int()
+        # refuses thousands of digits, and no body here is that long anyway.
+        if not _CONTENT_LENGTH.fullmatch(declared):
             raise BadRequest("Content-Length is not a number")
-        if int(declared) > limit:
+        digits = declared.lstrip("0")
+        if len(digits) > 18 or int(digits or "0") > limit:
             raise BodyTooLarge(f"the body is over {limit} bytes")
     chunks: list[bytes] = []
     size = 0

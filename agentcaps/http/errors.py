@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,6 +31,7 @@ from agentcaps.errors import (
     UnknownKey,
 )
 from agentcaps.policy.errors import PolicyDenied
+from agentcaps.wire import mask_tokens
 
 log = logging.getLogger("agentcaps.http")
 
@@ -140,6 +141,9 @@ def error_response(exc: Exception) -> Response:
         body["detail"] = str(exc)
     if isinstance(exc, HttpError):
         body.update(exc.extra)
+    # Whatever an error quotes of the request (a path, a field's name) may be
+    # a token pasted in the wrong place: it is never answered back.
+    body = _masked(body)
     reason = getattr(exc, "reason", None)
     if isinstance(exc, StoreUnavailable):
         reason = Reason.REVOCATION_UNAVAILABLE
@@ -153,6 +157,16 @@ def error_response(exc: Exception) -> Response:
             challenge += f', error="invalid_token", error_description="{exc.reason.value}"'
         headers["WWW-Authenticate"] = challenge
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _masked(value: Any) -> Any:
+    if type(value) is str:
+        return mask_tokens(value)
+    if type(value) is dict:
+        return {k: _masked(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_masked(v) for v in value]
+    return value
 
 
 def log_internal(exc: BaseException) -> None:

@@ -100,3 +100,42 @@ def test_unknown_routes_and_methods_are_json_errors(api: Api) -> None:
     response = api.client.delete("/v1/tokens")
     assert_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["allow"]
+
+
+def test_an_odd_content_length_is_never_a_500(api: Api) -> None:
+    """ "²" passes str.isdigit, and int() refuses thousands of digits: neither is a 500."""
+    for declared, status in (
+        (b"\xb2", 400),
+        (b"0" * 4400 + b"2", 422),  # 2: read, and judged as the {} it is
+        (b"9" * 40, 413),
+        (b"-1", 400),
+    ):
+        headers = {**JSON, "Content-Length": declared}
+        response = api.client.post("/v1/verify", content=b"{}", headers=headers)
+        assert response.status_code == status, (declared[:8], response.text)
+
+
+def test_a_token_quoted_by_an_error_is_never_answered_back(api: Api) -> None:
+    """A token as a JSON key, in a key id or in a path: every error masks it."""
+    token = api.agent_token()
+    body = {"token": token, "resource": "a", "action": "b", token: 1}
+    answers = [
+        api.post("/v1/verify", body),
+        api.post(f"/v1/keys/{token}/rotate", None, api.admin),
+        api.client.get(f"/v1/authz/other/{token}", headers=bearer(token)),
+    ]
+    for response in answers:
+        assert response.status_code in (403, 404, 422), response.text
+        assert token not in response.text and "[token]" in response.text, response.text
+
+
+def test_a_422_names_the_wrong_field_without_repeating_its_value(api: Api) -> None:
+    """As the docs promise: the value may be anything the client pasted."""
+    responses = [
+        api.get("/v1/audit?since=mysecret-value", api.admin),
+        api.post(
+            "/v1/tokens/attenuate", {"token": api.agent_token(), "resources": ["mysecret//x"]}
+        ),
+    ]
+    for response in responses:
+        assert response.status_code == 422 and "mysecret" not in response.text, response.text
