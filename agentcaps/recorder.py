@@ -373,7 +373,12 @@ class Recorder:
     def spool_pending(self) -> int:
         """Events waiting in spool files (this writer's and adopted ones) and in memory for the log."""
         own = self._spool.pending if self._spool is not None else 0
-        return own + self._orphans_pending + sum(len(b) for b in self._stranded)
+        return own + self._orphans_pending + self.held
+
+    @property
+    def held(self) -> int:
+        """Events waiting in memory only: refused by the log, and no spool could take them."""
+        return sum(len(b) for b in self._stranded)
 
     @property
     def pending(self) -> int:
@@ -393,7 +398,8 @@ class Recorder:
             "writer": self.writer,
             "pending": self.pending,
             "queued": self.queued,
-            "spooled": self.spool_pending,
+            "spooled": self.spool_pending - self.held,
+            "held": self.held,
             "written": self.written,
             "failures": self.failures,
             "mirror_errors": self.mirror_errors,

@@ -69,9 +69,15 @@ def audit_check(service: Service) -> str:
     status = recorder.status()
     if status["log_available"] or not status["pending"]:
         return f"ok: {status['pending']} pending"
+    held = (
+        f", {status['held']} held in memory only (the spool cannot be written: "
+        "they are lost if the process stops)"
+        if status["held"]
+        else ""
+    )
     return (
         f"spooling: the audit log refuses events; {status['pending']} pending, "
-        f"{status['spooled']} of them spooled; they are sent when it is back"
+        f"{status['spooled']} of them spooled{held}; they are sent when it is back"
     )
 
 

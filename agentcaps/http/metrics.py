@@ -53,8 +53,13 @@ class _State(Collector):
         )
         yield GaugeMetricFamily(
             "agentcaps_audit_events_spooled",
-            "Audit events waiting in the local spool (or memory) for the audit log",
+            "Audit events waiting in the local spool file for the audit log",
             value=status["spooled"],
+        )
+        yield GaugeMetricFamily(
+            "agentcaps_audit_events_held",
+            "Audit events waiting in memory only: the spool could not be written",
+            value=status["held"],
         )
         yield CounterMetricFamily(
             "agentcaps_audit_events_written",

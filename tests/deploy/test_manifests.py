@@ -259,3 +259,22 @@ def test_the_local_redis_scripts_pass_shellcheck() -> None:
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_audit_spool_is_a_writable_volume_wherever_the_root_is_read_only() -> None:
+    """The image's AGENTCAPS_AUDIT_SPOOL is a volume in compose and in the Deployment."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    match = re.search(r"AGENTCAPS_AUDIT_SPOOL=(\S+)", dockerfile)
+    assert match is not None
+    spool = match.group(1)
+    assert f"VOLUME {spool}" in dockerfile
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    service = compose["services"]["agentcaps"]
+    assert service["read_only"] is True
+    assert f"audit-spool:{spool}" in service["volumes"] and "audit-spool" in compose["volumes"]
+    pod = kubernetes_documents()["Deployment/agentcaps"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["audit-spool"] == spool
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}["audit-spool"]

@@ -19,56 +19,35 @@ from typing import Self
 import httpx
 import pytest
 
+import agentcaps
 from tests.e2e.service import Service, clean_env
 from tests.servers import free_port
 
-NGINX_CONF = """\
-{user}
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
+GATEWAY_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "gateway.conf"
 
-    server {{
-        listen 127.0.0.1:{port};
 
-        # The forward-auth subrequest: no body, the original method and URI in headers.
-        location = /_agentcaps {{
-            internal;
-            proxy_pass http://127.0.0.1:{service_port}/v1/authz;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-        }}
-
-        location / {{
-            auth_request /_agentcaps;
-            auth_request_set $agentcaps_customer $upstream_http_x_agentcaps_customer;
-            auth_request_set $agentcaps_user $upstream_http_x_agentcaps_user;
-            auth_request_set $agentcaps_agent $upstream_http_x_agentcaps_agent;
-            auth_request_set $agentcaps_chain $upstream_http_x_agentcaps_chain;
-            auth_request_set $agentcaps_token_id $upstream_http_x_agentcaps_token_id;
-            auth_request_set $agentcaps_purpose $upstream_http_x_agentcaps_purpose;
-            # Set by nginx from the decision: whatever a client sent under these names is replaced.
-            proxy_set_header X-Agentcaps-Customer $agentcaps_customer;
-            proxy_set_header X-Agentcaps-User $agentcaps_user;
-            proxy_set_header X-Agentcaps-Agent $agentcaps_agent;
-            proxy_set_header X-Agentcaps-Chain $agentcaps_chain;
-            proxy_set_header X-Agentcaps-Token-Id $agentcaps_token_id;
-            proxy_set_header X-Agentcaps-Purpose $agentcaps_purpose;
-            proxy_pass http://127.0.0.1:{upstream_port};
-        }}
-    }}
-}}
-"""
+def gateway_conf(directory: Path, port: int, service_port: int, upstream_port: int) -> str:
+    """deploy/nginx/gateway.conf as shipped, with this test's addresses, files and user."""
+    text = GATEWAY_CONF.read_text()
+    local = {
+        "server agentcaps:8080;": f"server 127.0.0.1:{service_port};",
+        "server whoami:80;": f"server 127.0.0.1:{upstream_port};",
+        "listen 8000;": f"listen 127.0.0.1:{port};",
+        "worker_processes auto;": "worker_processes 1;\n"
+        # Workers of a root master run as nobody, who cannot enter tmp_path.
+        + ("user root;\n" if os.geteuid() == 0 else "")
+        + f"pid {directory}/nginx.pid;",
+        "error_log /dev/stderr notice;": f"error_log {directory}/error.log info;",
+        "access_log /dev/stdout agentcaps;": f"access_log {directory}/access.log agentcaps;\n"
+        + "".join(
+            f"    {kind}_temp_path {directory}/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        ),
+    }
+    for shipped, here in local.items():
+        assert shipped in text, f"gateway.conf no longer has {shipped!r}"
+        text = text.replace(shipped, here)
+    return text
 
 
 class Upstream:
@@ -160,16 +139,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             directory.mkdir()
             port = free_port()
             conf = directory / "nginx.conf"
-            conf.write_text(
-                NGINX_CONF.format(
-                    # Workers of a root master run as nobody, who cannot enter tmp_path.
-                    user="user root;" if os.geteuid() == 0 else "",
-                    dir=directory,
-                    port=port,
-                    service_port=service.port,
-                    upstream_port=upstream.port,
-                )
-            )
+            conf.write_text(gateway_conf(directory, port, service.port, upstream.port))
             error_log = directory / "error.log"
             nginx = subprocess.Popen(
                 [binary, "-p", str(directory), "-c", str(conf), "-e", str(error_log),
@@ -271,3 +241,36 @@ def test_a_revoked_token_is_stopped_at_the_gateway(stack: Stack) -> None:
     assert revoked.status_code == 201
     assert httpx.get(stack.url + "/crm/a", headers=auth).status_code == 401
     assert len(stack.upstream.seen) == 1
+
+
+def test_the_gateway_answers_why_and_keeps_tokens_out_of_logs_and_the_upstream(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A refusal carries X-Agentcaps-Reason; a token in the query is refused and never logged;
+    the upstream gets neither the bearer token nor a client's own X-Agentcaps-* headers."""
+    token = stack.mint()
+    auth = {"Authorization": f"Bearer {token}"}
+    refused = httpx.get(stack.url + "/billing/1", headers=auth)
+    assert refused.status_code == 403 and refused.headers["x-agentcaps-reason"] == "resource_denied"
+    in_query = httpx.get(stack.url + "/crm/a", params={"access_token": token}, headers=auth)
+    assert in_query.status_code == 400
+    spoofed = {**auth, "X-Agentcaps-Actor": "planner", "X-Agentcaps-Reason": "ok"}
+    assert httpx.get(stack.url + "/crm/a", headers=spoofed).status_code == 200
+    [(_, _, headers)] = stack.upstream.seen
+    assert "authorization" not in headers
+    assert not headers.get("x-agentcaps-actor") and not headers.get("x-agentcaps-reason")
+    access_log = (tmp_path / "nginx" / "access.log").read_text()
+    assert token not in access_log and "/crm/a" in access_log
+
+
+def test_a_token_of_sixteen_kib_passes_the_gateway(stack: Stack) -> None:
+    """The token size limit is 16 KiB; nginx's default header buffers would refuse half that."""
+    token = stack.mint()
+    while len(token) < 12_000:  # caveats of 20 patterns, each under the 1 KiB caveat limit
+        token = agentcaps.attenuate(
+            token, resources=[f"crm/{'x' * 12}/{n}" for n in range(20)] + ["crm/**"]
+        )
+    assert (
+        httpx.get(stack.url + "/crm/a", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )

@@ -251,7 +251,9 @@ def test_without_a_spool_events_wait_in_memory_and_are_counted(
     log.up = False
     recorder.record(numbered(0))  # type: ignore[arg-type]
     recorder.flush(1)
-    assert recorder.pending == 1 and recorder.status()["failures"] >= 1
+    status = recorder.status()
+    assert recorder.pending == 1 and status["failures"] >= 1
+    assert (status["held"], status["spooled"]) == (1, 0)  # in memory, not in a spool file
     log.up = True
     assert recorder.flush(5) and log.kinds() == ["e0"]
 
