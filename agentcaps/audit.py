@@ -427,8 +427,26 @@ def issuer_event(
     )
 
 
+def key_revocation_events(
+    when: float, key: RootKey, revocation: Revocation, *, caller: str | None
+) -> list[AuditEvent]:
+    """A root key revoked, however it was asked for: a key event and a revoke event.
+
+    Both carry the key's owner, so `--customer C --kind revoke` finds it.
+    """
+    why = revocation.reason or None
+    return [
+        key_event(when, "revoke", key, caller=caller, why=why),
+        revocation_event(when, revocation, owner=key.customer),
+    ]
+
+
 def revocation_event(
-    when: float, revocation: Revocation, *, target: Decision | None = None
+    when: float,
+    revocation: Revocation,
+    *,
+    target: Decision | None = None,
+    owner: str | None = None,
 ) -> AuditEvent:
     """A revocation: what (`op` is its kind), who asked (`caller`), why.
 
@@ -453,8 +471,12 @@ def revocation_event(
     elif kind is RevocationKind.DELEGATION:
         if subject[0] not in fields_.get("delegation_ids", ()):
             fields_["delegation_ids"] = (subject[0],)
+    elif kind is RevocationKind.BRANCH:
+        fields_["token_id"] = subject[0]
+        fields_.setdefault("delegation_ids", subject[1:])
     elif kind is RevocationKind.KEY:
         fields_["key_id"] = subject[0]
+        fields_["customer"] = owner  # the key's, when the caller knows it
     elif kind is RevocationKind.CUSTOMER:
         fields_["customer"] = subject[0]
     elif kind is RevocationKind.USER:

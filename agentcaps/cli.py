@@ -43,6 +43,7 @@ from agentcaps.wire import mask_tokens
 if TYPE_CHECKING:
     from agentcaps.audit import AuditEvent, AuditSink
     from agentcaps.client import ServiceClient
+    from agentcaps.keys import RootKey
     from agentcaps.stores.doctor import Check
     from agentcaps.stores.redis import Stores
 
@@ -402,12 +403,20 @@ def cmd_keys_rotate(args: argparse.Namespace, stores: Stores) -> None:
 
 
 def cmd_keys_revoke(args: argparse.Namespace, stores: Stores) -> None:
-    from agentcaps.audit import key_event
-
     with _recording(stores) as recorder:
-        key = stores.keys.revoke(args.kid, reason=args.reason, by=_who())
-        _record(recorder, key_event(time.time(), "revoke", key, caller=_who(), why=args.reason))
+        key = _revoke_key(stores, recorder, args.kid, args.reason)[0]
     _print_json(key.to_dict())
+
+
+def _revoke_key(
+    stores: Stores, recorder: AuditSink | None, kid: str, reason: str
+) -> tuple[RootKey, Revocation]:
+    from agentcaps.audit import key_revocation_events
+
+    key, revocation = stores.keys.revoke_recorded(kid, reason=reason, by=_who())
+    for recorded in key_revocation_events(time.time(), key, revocation, caller=_who()):
+        _record(recorder, recorded)
+    return key, revocation
 
 
 def cmd_mint(args: argparse.Namespace, stores: Stores) -> None:
@@ -513,21 +522,12 @@ def cmd_revoke(args: argparse.Namespace, stores: Stores) -> None:
 
 
 def _revoke(args: argparse.Namespace, stores: Stores, recorder: AuditSink | None) -> None:
-    from agentcaps.audit import key_event, revocation_event
+    from agentcaps.audit import revocation_event
 
     reason, by, now = args.reason, _who(), int(time.time())
     target = None
     if args.key is not None:
-        key = stores.keys.revoke(args.key, reason=reason, by=by)
-        _record(recorder, key_event(time.time(), "revoke", key, caller=by, why=reason))
-        stored = [
-            r
-            for r in stores.store.list()
-            if r.kind is RevocationKind.KEY and r.subject == (args.key,)
-        ]
-        if stored:
-            _record(recorder, revocation_event(time.time(), stored[0]))
-        _print_json(stored[0].to_dict() if stored else {"kind": "key", "key_id": args.key})
+        _print_json(_revoke_key(stores, recorder, args.key, reason)[1].to_dict())
         return
     if args.token is not None:
         token = _read_token(args.token)

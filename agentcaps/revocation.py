@@ -37,6 +37,11 @@ class RevocationKind(StrEnum):
     KEY = "key"
     TOKEN = "token"
     DELEGATION = "delegation"
+    # One branch of one token's tree: its token id and the delegation ids down
+    # to the branch. What a token revoking itself records: a holder can append
+    # a delegate caveat with any id, so a bare delegation id from a token's own
+    # hand could name another token's branch.
+    BRANCH = "branch"
     CUSTOMER = "customer"
     USER = "user"
     AGENT = "agent"
@@ -46,13 +51,17 @@ _TAG = {
     RevocationKind.KEY: b"k",
     RevocationKind.TOKEN: b"t",
     RevocationKind.DELEGATION: b"d",
+    RevocationKind.BRANCH: b"b",
     RevocationKind.CUSTOMER: b"c",
     RevocationKind.USER: b"u",
     RevocationKind.AGENT: b"a",
 }
 _KIND = {tag[0]: kind for kind, tag in _TAG.items()}
 # Entries of these kinds deny outright; the others only tokens issued before.
-_ABSOLUTE_TAGS = frozenset(b"ktd")
+_ABSOLUTE_TAGS = frozenset(b"ktdb")
+_IDS = (RevocationKind.TOKEN, RevocationKind.DELEGATION, RevocationKind.BRANCH)
+_BRANCH_TAG = _TAG[RevocationKind.BRANCH][0]
+_ID_BYTES = 16
 
 
 class TokenFacts(NamedTuple):
@@ -74,10 +83,20 @@ def _since_fields(facts: TokenFacts) -> list[bytes]:
     return fields
 
 
+def _branch_fields(facts: TokenFacts) -> list[bytes]:
+    """The token's branch and every branch above it, within its own token's tree."""
+    fields, path = [], b"b" + facts.tid
+    for delegation_id in facts.delegation_ids:
+        path += delegation_id
+        fields.append(path)
+    return fields
+
+
 def fields_for(facts: TokenFacts) -> list[bytes]:
     """Every entry field that could revoke this token: what direct mode asks Redis for."""
     fields = [b"k" + facts.kid.encode(), b"t" + facts.tid]
     fields.extend(b"d" + d for d in facts.delegation_ids)
+    fields.extend(_branch_fields(facts))
     fields.extend(_since_fields(facts))
     return fields
 
@@ -99,22 +118,29 @@ class Revocation:
     by: str = ""
 
     def __post_init__(self) -> None:
-        arity = 2 if self.kind is RevocationKind.USER else 1
-        if len(self.subject) != arity or not all(isinstance(s, str) and s for s in self.subject):
-            raise InvalidArgument(f"a {self.kind} revocation names {arity} non-empty value(s)")
-        if self.kind in (RevocationKind.TOKEN, RevocationKind.DELEGATION):
-            try:
-                raw = bytes.fromhex(self.subject[0])
-            except ValueError:
-                raise InvalidArgument(f"a {self.kind} id is 32 lowercase hex characters") from None
-            if len(raw) != 16 or raw.hex() != self.subject[0]:
-                raise InvalidArgument(f"a {self.kind} id is 32 lowercase hex characters")
+        if self.kind is RevocationKind.BRANCH:
+            right = 2 <= len(self.subject) <= 1 + cv.MAX_LIST_ITEMS
+            what = "a token id and the delegation ids down to the branch"
+        else:
+            arity = 2 if self.kind is RevocationKind.USER else 1
+            right = len(self.subject) == arity
+            what = f"{arity} non-empty value(s)"
+        if not right or not all(isinstance(s, str) and s for s in self.subject):
+            raise InvalidArgument(f"a {self.kind} revocation names {what}")
+        if self.kind in _IDS:
+            for value in self.subject:
+                try:
+                    raw = bytes.fromhex(value)
+                except ValueError:
+                    raw = b""
+                if len(raw) != _ID_BYTES or raw.hex() != value:
+                    raise InvalidArgument(f"a {self.kind} id is 32 lowercase hex characters")
 
     def field(self) -> bytes:
         """The entry field, as `fields_for` spells it."""
         tag = _TAG[self.kind]
-        if self.kind in (RevocationKind.TOKEN, RevocationKind.DELEGATION):
-            return tag + bytes.fromhex(self.subject[0])
+        if self.kind in _IDS:
+            return tag + b"".join(bytes.fromhex(s) for s in self.subject)
         return tag + _SEP.join(s.encode() for s in self.subject)
 
     def value(self) -> bytes:
@@ -128,8 +154,10 @@ class Revocation:
         """Rebuild a revocation from a stored field and value."""
         kind = _KIND[field[0]]
         body = field[1:]
-        if kind in (RevocationKind.TOKEN, RevocationKind.DELEGATION):
-            subject: tuple[str, ...] = (body.hex(),)
+        if kind in _IDS:
+            subject: tuple[str, ...] = tuple(
+                body[i : i + _ID_BYTES].hex() for i in range(0, len(body), _ID_BYTES)
+            )
         else:
             subject = tuple(part.decode() for part in body.split(_SEP))
         revoked_at, expires_at, reason, by = msgpack.unpackb(value)
@@ -138,10 +166,18 @@ class Revocation:
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready view."""
         out: dict[str, object] = {"kind": self.kind.value}
+        if self.kind is RevocationKind.BRANCH:
+            # The branch's own delegation id, and the path to it from its token.
+            out.update(
+                token_id=self.subject[0],
+                delegation_id=self.subject[-1],
+                delegation_ids=list(self.subject[1:]),
+            )
         names = {
             RevocationKind.KEY: ("key_id",),
             RevocationKind.TOKEN: ("token_id",),
             RevocationKind.DELEGATION: ("delegation_id",),
+            RevocationKind.BRANCH: (),
             RevocationKind.CUSTOMER: ("customer",),
             RevocationKind.USER: ("customer", "user"),
             RevocationKind.AGENT: ("agent",),
@@ -193,7 +229,7 @@ class RevocationIndex:
     user and agent lookups entirely while there are none of those.
     """
 
-    __slots__ = ("_absolute", "_instants", "_since")
+    __slots__ = ("_absolute", "_branches", "_instants", "_since")
     local = True  # a check is a few dict lookups in this process
 
     def __init__(self) -> None:
@@ -204,6 +240,9 @@ class RevocationIndex:
         # revocations made in the same minute share it, which keeps the index
         # small when it holds millions of entries.
         self._instants: dict[int, int] = {}
+        # Whether any branch entry was ever added: a token's branch fields are
+        # built only then (most deployments revoke by token id or key).
+        self._branches = False
 
     def __len__(self) -> int:
         return len(self._absolute) + len(self._since)
@@ -221,6 +260,7 @@ class RevocationIndex:
         minute = -(-expires_at // 60) * 60
         expires_at = self._instants.setdefault(minute, minute)
         if field[0] in _ABSOLUTE_TAGS:
+            self._branches = self._branches or field[0] == _BRANCH_TAG
             if self._absolute.get(field, -1) < expires_at:
                 self._absolute[field] = expires_at
         else:
@@ -241,7 +281,7 @@ class RevocationIndex:
         # Attribute stores: a concurrent check sees the old or the new set of
         # each kind, never a half-built one.
         self._absolute, self._since = fresh._absolute, fresh._since
-        self._instants = fresh._instants
+        self._instants, self._branches = fresh._instants, fresh._branches
 
     def prune(self, now: float) -> int:
         """Forget entries that can no longer touch a valid token; return how many."""
@@ -265,6 +305,10 @@ class RevocationIndex:
             for delegation_id in facts.delegation_ids:
                 if b"d" + delegation_id in absolute:
                     return Reason.REVOKED
+            if self._branches and facts.delegation_ids:
+                for field in _branch_fields(facts):
+                    if field in absolute:
+                        return Reason.REVOKED
         since = self._since
         if since:
             for field in _since_fields(facts):
@@ -284,8 +328,9 @@ def revocation_for(
 ) -> Revocation:
     """The revocation that takes `token` and everything derived from it.
 
-    That is its last delegation id when it has one (the branch it belongs to
-    and all below, never its parent or siblings), else its token id. The entry
+    That is its branch when it has delegations (the branch it belongs to and
+    all below, never its parent or siblings, and within its own token's tree
+    only), else its token id. The entry
     is kept as long as any token it touches can live: for a delegation, the
     earliest expiry among the caveats up to and including that delegate caveat
     (every token of the branch carries them); for a token id, the verifiers'
@@ -299,9 +344,10 @@ def revocation_for(
     delegate = token.caveats[last]
     assert isinstance(delegate, cv.Delegate)
     expiries = [c.at for c in token.caveats[: last + 1] if isinstance(c, cv.Expires)]
+    path = [c.delegation_id.hex() for c in token.caveats[: last + 1] if isinstance(c, cv.Delegate)]
     return Revocation(
-        RevocationKind.DELEGATION,
-        (delegate.delegation_id.hex(),),
+        RevocationKind.BRANCH,
+        (ident.tid.hex(), *path),
         revoked_at,
         min([cap, *expiries]),
         reason,

@@ -82,6 +82,7 @@ def build_trace(token_id: str, events: Iterable[AuditEvent]) -> Trace:
     customer = minted.customer if minted else None
     user = minted.user if minted else None
     root = Branch(first, (first,))
+    by_delegation_id: list[AuditEvent] = []
     for event in ordered:
         if event is minted:
             continue
@@ -96,10 +97,14 @@ def build_trace(token_id: str, events: Iterable[AuditEvent]) -> Trace:
                     node = node.child(delegation_id, holder, event.time)
             node.events.append(event)
         elif event.kind is AuditKind.REVOKE and event.delegation_ids:
-            # A branch revoked by its delegation id alone (no token at hand).
-            found = root.find(event.delegation_ids[-1])
-            if found is not None:
-                found.events.append(event)
+            by_delegation_id.append(event)
+    # A branch revoked by its delegation id alone (no token at hand) is placed
+    # once the whole tree is known: a branch is often revoked before its
+    # holder ever used it, or by a writer whose clock is behind.
+    for event in by_delegation_id:
+        found = root.find(event.delegation_ids[-1])
+        if found is not None:
+            found.events.append(event)
     return Trace(token_id, customer, user, minted, root)
 
 

@@ -6,7 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agentcaps.audit import key_event
+from agentcaps.audit import key_event, key_revocation_events
 from agentcaps.http.body import parse
 from agentcaps.http.endpoint import Endpoint, respond
 from agentcaps.http.models import (
@@ -77,10 +77,10 @@ async def revoke_key(request: Request) -> Response:
 
     def work() -> KeyResponse:
         decision = service.authority.authorize(bearer, _RESOURCE, "admin")
-        key = service.stores.keys.revoke(kid, reason=body.reason, by=caller(decision))
-        service.record(
-            key_event(service.clock(), "revoke", key, caller=caller(decision), why=body.reason)
-        )
+        by = caller(decision)
+        key, revocation = service.stores.keys.revoke_recorded(kid, reason=body.reason, by=by)
+        for recorded in key_revocation_events(service.clock(), key, revocation, caller=by):
+            service.record(recorded)
         return KeyResponse.model_validate(key.to_dict())
 
     return respond(await run_in_threadpool(work))

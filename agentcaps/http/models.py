@@ -206,6 +206,9 @@ class RevocationResponse(Response):
     kind: RevocationKind
     token_id: str | None = None
     delegation_id: str | None = None
+    delegation_ids: list[str] | None = Field(
+        None, description="a branch: the delegation ids from its token down to it"
+    )
     key_id: str | None = None
     customer: str | None = None
     user: str | None = None

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agentcaps.audit import key_event, revocation_event
+from agentcaps.audit import key_revocation_events, revocation_event
 from agentcaps.claims import decode_unverified
 from agentcaps.decision import Reason
 from agentcaps.errors import InvalidToken, StoreUnavailable
@@ -75,15 +75,12 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
         )
     by = caller(authority.authorize(bearer, admin_resource("revocations"), "revoke"))
     if body.key_id is not None:
-        key = service.stores.keys.revoke(body.key_id, reason=body.reason, by=by)
-        service.record(key_event(service.clock(), "revoke", key, caller=by, why=body.reason))
-        # What the key store recorded, as the store stamps it.
-        return _recorded(
-            service,
-            service.stores.store.stamp(
-                Revocation(RevocationKind.KEY, (body.key_id,), now, None, body.reason, by)
-            ),
+        key, revocation = service.stores.keys.revoke_recorded(
+            body.key_id, reason=body.reason, by=by
         )
+        for recorded in key_revocation_events(service.clock(), key, revocation, caller=by):
+            service.record(recorded)
+        return revocation
     if body.token_id is not None:
         kind, subject = RevocationKind.TOKEN, (body.token_id,)
     elif body.delegation_id is not None:

@@ -531,6 +531,16 @@ class RedisKeyStore:
         Raises:
             UnknownKey: no such key.
         """
+        return self.revoke_recorded(kid, reason=reason, by=by)[0]
+
+    def revoke_recorded(
+        self, kid: str, *, reason: str = "", by: str = ""
+    ) -> tuple[RootKey, Revocation]:
+        """`revoke`, returning the key and the revocation entry as stored (for the audit trail).
+
+        Raises:
+            UnknownKey: no such key.
+        """
         old = self.fresh(kid)
         revocation = self._revocations.stamp(
             Revocation(RevocationKind.KEY, (kid,), int(self._clock()), reason=reason, by=by)
@@ -542,7 +552,7 @@ class RedisKeyStore:
             extra_keys=[layout.key(kid), layout.keys_active],
             extra_args=[old.customer or _PLATFORM],
         )
-        return self.fresh(kid)
+        return self.fresh(kid), revocation
 
 
 class RedisRevocationStore:

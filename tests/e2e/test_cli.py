@@ -291,7 +291,7 @@ def test_mint_verify_then_revoke_token_denies_it_and_what_derives_from_it(
     revocation = ok_json(
         cli("revoke", "--token", "-", "--reason", "test", env=store_env, stdin=child)
     )
-    assert isinstance(revocation, dict) and revocation["kind"] == "delegation"
+    assert isinstance(revocation, dict) and revocation["kind"] == "branch"
     assert revocation["delegation_id"] == agentcaps.inspect(child)["delegation_ids"][-1]  # type: ignore[index]
     assert revocation["expires_at"] <= minted["expires_at"] and revocation["reason"] == "test"
     for revoked in (child, grandchild):
@@ -303,7 +303,7 @@ def test_mint_verify_then_revoke_token_denies_it_and_what_derives_from_it(
     result = cli("verify", token, *request, env=store_env)
     assert result.returncode == 1 and json.loads(result.stdout)["reason"] == "revoked"
     listed = ok_json(cli("revocations", "list", env=store_env))
-    assert sorted(r["kind"] for r in listed) == ["delegation", "token"]  # type: ignore[union-attr]
+    assert sorted(r["kind"] for r in listed) == ["branch", "token"]  # type: ignore[union-attr]
 
 
 def test_revoke_key_denies_its_tokens_with_key_revoked(store_env: dict[str, str]) -> None:

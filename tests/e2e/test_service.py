@@ -133,7 +133,7 @@ def test_the_whole_story_over_http(deployment: Deployment) -> None:
 
     # The fetcher's branch is revoked by the fetcher's own token: the planner lives on.
     revoked = d.post("/v1/revocations", {"token": fetcher, "reason": "task done"}, fetcher)
-    assert revoked.status_code == 201 and revoked.json()["kind"] == "delegation"
+    assert revoked.status_code == 201 and revoked.json()["kind"] == "branch"
     assert d.verify(fetcher)["reason"] == "revoked"
     assert d.verify(summarizer)["reason"] == "revoked"
     assert d.verify(planner)["allowed"] is True

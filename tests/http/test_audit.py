@@ -77,7 +77,7 @@ def test_a_tokens_events_carry_who_what_for_whom_and_why(api: Api) -> None:
     assert allowed["latency_us"] > 0 and allowed["allowed"] is True
     assert denied["request_id"] == "req-denied" and denied["allowed"] is False
     assert authz["resource"] == "crm/contacts/7" and authz["agent"] == "fetcher"
-    assert revoke["op"] == "delegation" and revoke["why"] == "task done"
+    assert revoke["op"] == "branch" and revoke["why"] == "task done"
     assert revoke["delegation_ids"] == allowed["delegation_ids"]
     assert "via planner>fetcher" in revoke["caller"]
     for e in events:
@@ -126,6 +126,9 @@ def test_service_token_use_and_key_operations_are_recorded(api: Api) -> None:
     assert issuer["token_id"] == created.json()["token_id"] and "admin" in issuer["caller"]
     keys = [(e["op"], e["key_id"]) for e in events if e["kind"] == "key"]
     assert keys == [("create", kid), ("rotate", kid), ("revoke", new)]
+    # A key revoked through /v1/keys is a revocation too, found by its owner.
+    [revoked] = audit(api, customer="initech", kind="revoke")
+    assert (revoked["op"], revoked["key_id"], revoked["why"]) == ("key", new, "test")
     # The refused attempt is on record: the agent token judged as a service token.
     [refused] = audit(api, kind="verify", token_id=agentcaps.inspect(agent)["token_id"])
     assert (refused["allowed"], refused["resource"], refused["audience"]) == (
@@ -172,7 +175,7 @@ def test_metrics_scrape_cleanly_and_count(api: Api) -> None:
     assert samples[("agentcaps_verifications_total", (("reason", "ok"),))] >= 2
     assert samples[("agentcaps_verifications_total", (("reason", "resource_denied"),))] == 1
     assert samples[("agentcaps_mints_total", (("outcome", "ok"),))] == 1
-    assert samples[("agentcaps_revocations_total", (("kind", "delegation"),))] == 1
+    assert samples[("agentcaps_revocations_total", (("kind", "branch"),))] == 1
     assert samples[("agentcaps_audit_events_pending", ())] == 0
     assert samples[("agentcaps_verification_seconds_count", ())] >= 3
     assert any(name == "agentcaps_http_requests_total" for name, _ in samples)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import agentcaps
+from agentcaps import signature, wire
+from agentcaps.caveats import Delegate
 from tests.http.conftest import Api, assert_error
 
 REQUEST = {"resource": "crm/contacts/42", "action": "read"}
@@ -29,7 +31,7 @@ def test_a_delegated_token_revokes_its_branch_not_its_parent(api: Api) -> None:
     child = agentcaps.attenuate(parent, delegate_to="fetcher")
     grandchild = agentcaps.attenuate(child, delegate_to="summarizer")
     stored = api.post("/v1/revocations", {"token": child}, child).json()
-    assert stored["kind"] == "delegation"
+    assert stored["kind"] == "branch"
     assert (reason(api, child), reason(api, grandchild), reason(api, parent)) == (
         "revoked",
         "revoked",
@@ -137,3 +139,22 @@ def test_a_token_pasted_into_a_reason_is_never_shown_back(api: Api) -> None:
     assert posted.status_code == 201 and posted.json()["reason"] == "pasted: [token]"
     listed = api.get("/v1/revocations", api.admin)
     assert leaked not in listed.text and "pasted: [token]" in listed.text
+
+
+def test_a_token_cannot_revoke_another_tokens_branch_by_naming_its_delegation_id(api: Api) -> None:
+    """A holder may append a delegate caveat with any id; revoking itself takes only its own branch."""
+    victim = agentcaps.attenuate(api.agent_token(), delegate_to="fetcher")
+    [victim_branch] = agentcaps.inspect(victim)["delegation_ids"]  # type: ignore[misc]
+    other = api.agent_token(customer="globex", user="mallory")
+    raw = agentcaps.decode_unverified(other).raw
+    forged_caveat = Delegate("x", bytes.fromhex(victim_branch)).encode()
+    attacker = wire.encode_token(
+        raw._replace(
+            cids=raw.cids + (forged_caveat,),
+            signature=signature.extend(raw.signature, forged_caveat),
+        )
+    )
+    stored = api.post("/v1/revocations", {"token": attacker}, attacker)
+    assert stored.status_code == 201 and stored.json()["kind"] == "branch"
+    assert reason(api, attacker) == "revoked"
+    assert reason(api, victim) == "ok"

@@ -118,6 +118,8 @@ def test_fields_for_lists_every_field_that_could_touch_the_token():
         entry(RevocationKind.TOKEN, TID.hex()),
         entry(RevocationKind.DELEGATION, D1.hex()),
         entry(RevocationKind.DELEGATION, D2.hex()),
+        entry(RevocationKind.BRANCH, TID.hex(), D1.hex()),
+        entry(RevocationKind.BRANCH, TID.hex(), D1.hex(), D2.hex()),
         entry(RevocationKind.CUSTOMER, "acme"),
         entry(RevocationKind.USER, "acme", "alice"),
         entry(RevocationKind.AGENT, "planner"),
@@ -132,6 +134,7 @@ def test_entries_round_trip_through_their_stored_form():
     for revocation in [
         Revocation(RevocationKind.USER, ("acme", "alice"), 10, 20, "left the company", "admin"),
         Revocation(RevocationKind.DELEGATION, (D1.hex(),), 10, 20),
+        Revocation(RevocationKind.BRANCH, (TID.hex(), D1.hex(), D2.hex()), 10, 20),
     ]:
         assert Revocation.from_entry(revocation.field(), revocation.value()) == revocation
 
@@ -181,7 +184,7 @@ def test_revocation_for_an_undelegated_token_is_its_token_id(minted, clock):
 
 
 def test_revocation_for_a_delegated_token_is_its_last_branch(minted, clock):
-    """A delegated token is revoked by its last delegation id, kept while that branch can live."""
+    """A delegated token is revoked as its branch of its token's tree, kept while that branch can live."""
     first = agentcaps.attenuate(minted.token, delegate_to="fetcher", ttl=300, clock=clock)
     second = agentcaps.attenuate(first, delegate_to="tool", clock=clock)
     shorter = agentcaps.attenuate(second, ttl=5, clock=clock)  # after the delegate caveat
@@ -189,8 +192,8 @@ def test_revocation_for_a_delegated_token_is_its_last_branch(minted, clock):
     revocation = revocation_for(
         agentcaps.decode_unverified(shorter), revoked_at=int(clock()), max_lifetime=3600
     )
-    assert revocation.kind is RevocationKind.DELEGATION
-    assert revocation.subject == (claims.delegation_ids[-1].hex(),)
+    assert revocation.kind is RevocationKind.BRANCH
+    assert revocation.subject == (minted.token_id, *(d.hex() for d in claims.delegation_ids))
     # The branch lives as long as its earliest expiry up to its delegate caveat
     # (300 s), not the 5 s that one copy of it added afterwards.
     assert revocation.expires_at == int(clock()) + 300

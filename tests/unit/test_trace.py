@@ -131,3 +131,22 @@ def test_unrelated_events_are_left_out() -> None:
     ]
     text = render(build_trace(TID, events))
     assert "crm/9" not in text and "ffff" not in text
+
+
+def test_a_branch_revoked_before_it_was_first_seen_shows_its_revocation() -> None:
+    """Revoked by delegation id (no token at hand) before its holder ever verified: still under it."""
+    events = [
+        revocation_event(
+            NOW + 1, Revocation(RevocationKind.DELEGATION, (D_SUMMARIZER,), int(NOW + 1))
+        ),
+        verification_event(
+            decision(
+                ("planner", "fetcher", "summarizer"), (D_FETCHER, D_SUMMARIZER), Reason.REVOKED
+            ),
+            resource="crm/4",
+            action="read",
+            when=NOW + 2,
+        ),
+    ]
+    summarizer = branch(build_trace(TID, events).root, "fetcher", "summarizer")
+    assert [e.kind.value for _t, e in summarizer.items()] == ["revoke", "verify"]  # type: ignore[union-attr]
