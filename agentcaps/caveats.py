@@ -117,7 +117,9 @@ class _ManyStarGlob:
     pattern is cut at its `**`s into runs of fixed length instead: the first
     run must match at the start, the last at the end, and each run between at
     its leftmost place after the one before (leftmost never hurts the runs
-    that follow). Each run is one regex search: linear time.
+    that follow). Each run is one regex search, which may retry at each
+    segment: time bounded by the run's length times the resource's, never
+    exponential.
     """
 
     __slots__ = ("_first", "_last", "_middle")

@@ -159,15 +159,24 @@ class Spool:
             pass
         else:
             try:
-                # Held by another writer that is adopting it: an OSError, and
-                # the caller keeps the batch in memory.
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_within(fd, _ADOPTION_WAIT)
+                # Another writer may have adopted it meanwhile: sent it, and
+                # removed it. Then it is not ours to append to any more.
+                held = os.fstat(fd)
+                current = os.stat(self.path) if held.st_nlink else None
+            except FileNotFoundError:
+                current = None
             except BaseException:
                 os.close(fd)
                 raise
-            self._size = os.fstat(fd).st_size
-            self._fd = fd
-            return
+            if current is not None and (current.st_dev, current.st_ino) == (
+                held.st_dev,
+                held.st_ino,
+            ):
+                self._size = held.st_size
+                self._fd = fd
+                return
+            os.close(fd)
         # No file (never made, or adopted and sent by another writer): a new
         # one, with nothing in it waiting.
         self._offset = self._size = self.pending = 0
@@ -188,6 +197,28 @@ class Spool:
         if not self.directory.is_dir():
             return []
         return sorted(p for p in self.directory.glob("*" + self.SUFFIX) if p != self.path)
+
+
+# How long an event recorded after close waits for a writer that is adopting
+# this writer's spool to finish with it (it then follows in a new file).
+_ADOPTION_WAIT = 5.0
+
+
+def _lock_within(fd: int, seconds: float) -> None:
+    """Lock `fd` exclusively, waiting up to `seconds` for another holder to let go.
+
+    Raises:
+        OSError: still held after `seconds`.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -283,6 +314,7 @@ class Recorder:
         self._spool = Spool(spool, self._chain.writer) if spool is not None else None
         self._clock = clock
         self._limit = queue_limit
+        self._capacity = queue_limit  # `_limit` drops to -1 at close; this does not
         self._batch = batch_size
         self._interval = interval
         self._retry_interval = retry_interval
@@ -555,11 +587,11 @@ class Recorder:
                 self.spooled += len(batch)
                 return
         self._stranded.append(batch)
-        while sum(len(b) for b in self._stranded) > self._limit and len(self._stranded) > 1:
+        while sum(len(b) for b in self._stranded) > self._capacity and len(self._stranded) > 1:
             lost = self._stranded.pop(0)
             self.dropped += len(lost)
             log.error(
-                "audit: %d event(s) lost: the log is unavailable and there is no spool to hold them",
+                "audit: %d event(s) lost: neither the log nor a spool took them, and memory is full",
                 len(lost),
             )
 

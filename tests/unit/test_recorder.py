@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcaps import recorder as recorder_module
 from agentcaps.audit import AuditKind, Batch, StoredEvent, check_chains, decode, event
 from agentcaps.decision import Decision, Reason
 from agentcaps.errors import StoreUnavailable
@@ -310,3 +311,56 @@ def test_a_request_text_utf8_cannot_carry_is_recorded_escaped(
     assert recorder.flush(5)
     [stored] = log.stored()
     assert decode(stored.body).resource == "crm/\\udcff"
+
+
+def test_a_late_event_racing_an_adoption_of_the_spool_starts_a_new_file(
+    log: FakeLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer sends and removes the spool just as a late event reopens it: the event
+    goes to a new file the next writer sends, not into the removed one."""
+    log.up = False
+    first = Recorder(log, spool=tmp_path, interval=LONG, retry_interval=0.01)
+    for n in range(3):
+        first.record(numbered(n))  # type: ignore[arg-type]
+    first.close(timeout=1)
+    log.up = True
+    real_flock = recorder_module.fcntl.flock
+    adopters: list[Recorder] = []
+
+    def adopt_first(fd: int, operation: int) -> None:
+        if not adopters:  # the late event has opened the file and is about to lock it
+            adopters.append(Recorder(log, spool=tmp_path, interval=LONG))
+            assert adopters[0].flush(5)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(recorder_module.fcntl, "flock", adopt_first)
+    first.record(numbered(3))  # type: ignore[arg-type]
+    monkeypatch.setattr(recorder_module.fcntl, "flock", real_flock)
+    adopters[0].close()
+    assert first.dropped == 0 and log.kinds() == ["e0", "e1", "e2"]
+    last = Recorder(log, spool=tmp_path, interval=LONG)
+    assert last.flush(5)
+    last.close()
+    assert log.kinds() == ["e0", "e1", "e2", "e3"]
+    assert check_chains(log.stored(), trimmed=False).ok
+
+
+def test_late_events_while_an_adopter_holds_the_spool_are_held_not_dropped(
+    log: FakeLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After close the queue limit is gone; what memory may hold is not: nothing is dropped."""
+    log.up = False
+    first = Recorder(log, spool=tmp_path, interval=LONG, retry_interval=0.01)
+    first.record(numbered(0))  # type: ignore[arg-type]
+    first.close(timeout=1)
+    [spool] = tmp_path.glob("*" + Spool.SUFFIX)
+    monkeypatch.setattr(recorder_module, "_ADOPTION_WAIT", 0.05)
+    adopter = os.open(spool, os.O_RDWR)
+    try:
+        recorder_module.fcntl.flock(adopter, recorder_module.fcntl.LOCK_EX)  # another writer's
+        for n in range(1, 4):
+            first.record(numbered(n))  # type: ignore[arg-type]
+    finally:
+        os.close(adopter)
+    status = first.status()
+    assert first.dropped == 0 and status["held"] == 3 and first.pending == 4
