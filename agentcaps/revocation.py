@@ -330,21 +330,20 @@ def revocation_for(
 
     That is its branch when it has delegations (the branch it belongs to and
     all below, never its parent or siblings, and within its own token's tree
-    only), else its token id. The entry
-    is kept as long as any token it touches can live: for a delegation, the
-    earliest expiry among the caveats up to and including that delegate caveat
-    (every token of the branch carries them); for a token id, the verifiers'
-    lifetime cap, since `token` may be a shorter-lived copy of the original.
+    only), else its token id. The entry is kept as long as any token it
+    touches can live: for a branch, the earliest expiry among the caveats up
+    to and including its last delegate caveat (every token of the branch
+    carries them); for a token id, the verifiers' lifetime cap, since `token`
+    may be a shorter-lived copy of the original.
     """
     ident = token.identifier
     cap = ident.iat + max_lifetime
     last = max((i for i, c in enumerate(token.caveats) if isinstance(c, cv.Delegate)), default=None)
     if last is None:
         return Revocation(RevocationKind.TOKEN, (ident.tid.hex(),), revoked_at, cap, reason, by)
-    delegate = token.caveats[last]
-    assert isinstance(delegate, cv.Delegate)
-    expiries = [c.at for c in token.caveats[: last + 1] if isinstance(c, cv.Expires)]
-    path = [c.delegation_id.hex() for c in token.caveats[: last + 1] if isinstance(c, cv.Delegate)]
+    upto = token.caveats[: last + 1]
+    expiries = [c.at for c in upto if isinstance(c, cv.Expires)]
+    path = [c.delegation_id.hex() for c in upto if isinstance(c, cv.Delegate)]
     return Revocation(
         RevocationKind.BRANCH,
         (ident.tid.hex(), *path),

@@ -4,10 +4,11 @@ Order of work, cheapest and least trusting first: size limits and strict
 decoding of what the signature covers (the identifier, the caveat ids as
 bytes), the root key by id, the HMAC chain (constant-time compare), then the
 caveats decoded into their types, folded into claims and judged against the
-request and the clock, and last the revocation store. `verify` returns a Decision for every input token,
-whatever its bytes; when revocation state cannot be known it denies with
-`revocation_unavailable` (fail closed). Given an audit sink, each decision is
-handed to it (one call that only queues; see agentcaps.recorder).
+request and the clock, and last the revocation store. `verify` returns a
+Decision for every input token, whatever its bytes; when revocation state
+cannot be known it denies with `revocation_unavailable` (fail closed). Given
+an audit sink, each decision is handed to it (one call that only queues; see
+agentcaps.recorder).
 """
 
 from __future__ import annotations
