@@ -6,6 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentcaps.errors import StoreUnavailable
 from agentcaps.http.endpoint import Endpoint, respond
 from agentcaps.http.errors import NotReady
 from agentcaps.http.models import Health, NotReadyResponse, Readiness
@@ -27,6 +28,12 @@ def readiness(service: Service) -> tuple[bool, dict[str, str]]:
     else:
         checks["redis"] = "unreachable: verifications fail closed (revocation_unavailable)"
         ready = False
+    try:
+        # Now, not at the next verification: in direct mode nothing else
+        # would look at the store's epoch while no request comes.
+        stores.store.learn_epoch()
+    except StoreUnavailable:
+        pass  # a loss is recorded in the watch; an outage is the redis check's
     lost = stores.store.watch.lost
     if lost is None:
         checks["revocation_state"] = "ok"

@@ -620,10 +620,14 @@ class RedisRevocationStore:
         self.watch.observe(epoch, recovery, seq, floor)
 
     def learn_epoch(self) -> None:
-        """Read rv:meta and remember its epoch if it has one; a read only, never a write.
+        """Read rv:meta now: remember its epoch, or report that it lost the one known.
 
-        (Reading keys must work on a primary that refuses writes, e.g. one
-        promoted while it has too few replicas.)
+        A read only, never a write (reading keys must work on a primary that
+        refuses writes, e.g. one promoted while it has too few replicas).
+
+        Raises:
+            RevocationStateLost: the store lost revocations this process saw.
+            StoreUnavailable: Redis did not answer.
         """
         floor = self.watch.seq
         try:
@@ -633,7 +637,7 @@ class RedisRevocationStore:
             )
         except _ERRORS as exc:
             raise _unavailable(exc) from None
-        if epoch is not None:
+        if epoch is not None or self.watch.epoch is not None:
             self.watch.observe(epoch, recovery, seq, floor)
 
     def recover(self) -> str:

@@ -49,6 +49,14 @@ def test_readyz_is_503_when_revocation_state_was_lost(
     assert body["checks"]["revocation_state"] == "the store was flushed"
 
 
+def test_readyz_notices_a_lost_store_before_any_verification_does(api: Api) -> None:
+    """Direct mode reads the epoch only when it verifies; /readyz reads it itself."""
+    assert api.client.get("/readyz").status_code == 200
+    api.service.stores.client.flushall()
+    body = assert_error(api.client.get("/readyz"), 503, "not_ready")
+    assert body["checks"]["revocation_state"] != "ok"
+
+
 def test_openapi_describes_every_route_request_and_response(api: Api) -> None:
     """/openapi.json is OpenAPI 3.1 with every route and method, bodies and responses by $ref."""
     document = api.client.get("/openapi.json").json()
