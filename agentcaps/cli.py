@@ -344,7 +344,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             )
         )
     else:
-        checks.extend(diagnose(url, timeout=max(settings.redis_timeout, 1.0)))
+        checks.extend(
+            diagnose(
+                url,
+                timeout=max(settings.redis_timeout, 1.0),
+                wait_replicas=settings.wait_replicas,
+            )
+        )
     print(f"{PROG} doctor: {redact_url(url)}")
     return _report(checks)
 

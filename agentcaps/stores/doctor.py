@@ -93,8 +93,9 @@ def check_persistence(config: dict[str, str] | None, info: dict[str, Any]) -> Ch
     else:
         aof = str(info.get("aof_enabled", "0")) == "1"
         fsync = None
-        # Without CONFIG, a snapshot ever taken is the best sign of RDB.
-        rdb = int(info.get("rdb_last_save_time", 0) or 0) > 0 and not aof
+        # INFO does not say whether snapshots are configured (rdb_last_save_time
+        # is set at start, with or without them): unknown, not assumed.
+        rdb = None
     if aof and fsync == "always":
         return Check(
             "persistence",
@@ -123,6 +124,14 @@ def check_persistence(config: dict[str, str] | None, info: dict[str, Any]) -> Ch
             f"AOF on, appendfsync {fsync}: the operating system decides when revocations reach "
             "the disk, so a machine crash can lose many seconds of acknowledged revocations",
             "set appendfsync always (no loss) or everysec (up to about 1 s on a crash)",
+        )
+    if rdb is None:
+        return Check(
+            "persistence",
+            Status.WARN,
+            "appendonly no, and whether RDB snapshots are configured cannot be read (CONFIG "
+            "is disabled on this server): a restart may lose every revocation and root key",
+            "set appendonly yes and appendfsync always (or everysec)",
         )
     if rdb:
         return Check(
@@ -160,8 +169,11 @@ def check_eviction(info: dict[str, Any]) -> Check:
     )
 
 
-def check_replication(info: dict[str, Any]) -> Check:
-    """The server's role, and what agentcaps waits for when it has replicas."""
+def check_replication(info: dict[str, Any], wait_replicas: int | None = None) -> Check:
+    """The server's role, and what agentcaps waits for when it has replicas.
+
+    `wait_replicas` is AGENTCAPS_WAIT_REPLICAS (None: as many as are connected).
+    """
     role = str(info.get("role", "unknown"))
     if role in ("slave", "replica"):
         primary = f"{info.get('master_host', '?')}:{info.get('master_port', '?')}"
@@ -173,6 +185,29 @@ def check_replication(info: dict[str, Any]) -> Check:
             "point AGENTCAPS_REDIS_URL at the primary",
         )
     replicas = int(info.get("connected_slaves", 0) or 0)
+    if wait_replicas is not None and wait_replicas > replicas:
+        return Check(
+            "replication",
+            Status.FAIL,
+            f"AGENTCAPS_WAIT_REPLICAS={wait_replicas} but {replicas} replica(s) are connected: "
+            "no revocation can be acknowledged (each is refused as not durable)",
+            "connect the replicas, or lower AGENTCAPS_WAIT_REPLICAS",
+        )
+    if wait_replicas == 0 and replicas:
+        return Check(
+            "replication",
+            Status.WARN,
+            f"primary with {replicas} connected replica(s), but AGENTCAPS_WAIT_REPLICAS=0: "
+            "revocations do not wait for them, and a failover can lose the latest",
+            "unset AGENTCAPS_WAIT_REPLICAS (wait for every connected replica) or raise it",
+        )
+    if wait_replicas:
+        return Check(
+            "replication",
+            Status.OK,
+            f"primary with {replicas} connected replica(s): each revocation WAITs until "
+            f"{wait_replicas} of them confirm it, so a failover keeps it",
+        )
     if replicas == 0:
         return Check(
             "replication",
@@ -372,7 +407,13 @@ def _unreachable(url: str, exc: Exception) -> list[Check]:
     ]
 
 
-def diagnose(url: str, *, timeout: float = 1.0, namespace: str = "agentcaps") -> list[Check]:
+def diagnose(
+    url: str,
+    *,
+    timeout: float = 1.0,
+    namespace: str = "agentcaps",
+    wait_replicas: int | None = None,
+) -> list[Check]:
     """Check the Redis at `url` for what revocation safety needs; one Check per aspect.
 
     A single server, a Sentinel group (`redis+sentinel://`) and a Cluster
@@ -385,13 +426,15 @@ def diagnose(url: str, *, timeout: float = 1.0, namespace: str = "agentcaps") ->
     address = parse_store_url(url)
     layout = Layout(namespace)
     if address.topology == "sentinel":
-        return _diagnose_sentinel(address, timeout, layout)
+        return _diagnose_sentinel(address, timeout, layout, wait_replicas)
     if address.topology == "cluster":
-        return _diagnose_cluster(address, timeout, layout)
-    return _diagnose_single(address, timeout, layout)
+        return _diagnose_cluster(address, timeout, layout, wait_replicas)
+    return _diagnose_single(address, timeout, layout, wait_replicas)
 
 
-def _diagnose_single(address: StoreAddress, timeout: float, layout: Layout) -> list[Check]:
+def _diagnose_single(
+    address: StoreAddress, timeout: float, layout: Layout, wait_replicas: int | None
+) -> list[Check]:
     client, close = open_client(address, timeout)
     assert isinstance(client, redis.Redis)
     try:
@@ -408,7 +451,7 @@ def _diagnose_single(address: StoreAddress, timeout: float, layout: Layout) -> l
             return checks + [_lost(exc)]
         checks.append(check_persistence(config, info))
         checks.append(check_eviction(info))
-        checks.append(check_replication(info))
+        checks.append(check_replication(info, wait_replicas))
         try:
             checks.append(_epoch(client, layout))
         except (StoreUnavailable, *_ERRORS) as exc:
@@ -418,7 +461,9 @@ def _diagnose_single(address: StoreAddress, timeout: float, layout: Layout) -> l
         close()
 
 
-def _diagnose_sentinel(address: StoreAddress, timeout: float, layout: Layout) -> list[Check]:
+def _diagnose_sentinel(
+    address: StoreAddress, timeout: float, layout: Layout, wait_replicas: int | None
+) -> list[Check]:
     service = address.service
     sentinels = open_sentinels(address, timeout)
     try:
@@ -494,7 +539,7 @@ def _diagnose_sentinel(address: StoreAddress, timeout: float, layout: Layout) ->
                     else "wait for the failover to finish, or check Sentinel",
                 )
             )
-            checks.extend(_primary_checks(primary, check_replication(primary.info)))
+            checks.extend(_primary_checks(primary, check_replication(primary.info, wait_replicas)))
             replicas = _replica_nodes(primary, timeout)
             if not replicas:
                 checks.append(
@@ -578,7 +623,9 @@ def _primary_checks(primary: _Node, replication: Check) -> list[Check]:
     ]
 
 
-def _diagnose_cluster(address: StoreAddress, timeout: float, layout: Layout) -> list[Check]:
+def _diagnose_cluster(
+    address: StoreAddress, timeout: float, layout: Layout, wait_replicas: int | None
+) -> list[Check]:
     try:
         client, close = open_client(address, timeout)
     except StoreUnavailable as exc:
@@ -661,7 +708,7 @@ def _diagnose_cluster(address: StoreAddress, timeout: float, layout: Layout) -> 
                     f"maxmemory-policy noeviction on all {len(masters)} masters",
                 )
             )
-        replication = check_replication(home.info)
+        replication = check_replication(home.info, wait_replicas)
         if not replicas:
             replication = Check(
                 "replication",

@@ -142,6 +142,9 @@ def test_persistence_judgement_explains_each_fsync_policy() -> None:
     assert never.status is Status.WARN
     managed = check_persistence(None, {"aof_enabled": 1})
     assert managed.status is Status.WARN and "appendfsync" in managed.finding
+    # INFO sets rdb_last_save_time at start, snapshots or not: no sign of RDB.
+    blind = check_persistence(None, {"aof_enabled": 0, "rdb_last_save_time": 1_800_000_000})
+    assert blind.status is Status.WARN and "cannot be read" in blind.finding
 
 
 def test_replication_and_version_judgements() -> None:
@@ -150,6 +153,12 @@ def test_replication_and_version_judgements() -> None:
     assert primary.status is Status.OK and "WAIT" in primary.finding
     replica = check_replication({"role": "slave", "master_host": "db1", "master_port": 6379})
     assert replica.status is Status.WARN and "db1:6379" in replica.finding
+    # AGENTCAPS_WAIT_REPLICAS against the replicas actually connected.
+    alone = {"role": "master", "connected_slaves": 0}
+    assert check_replication(alone, wait_replicas=1).status is Status.FAIL
+    assert check_replication(primary_info := {"role": "master", "connected_slaves": 1},
+                             wait_replicas=0).status is Status.WARN  # fmt: skip
+    assert "1 of them" in check_replication(primary_info, wait_replicas=1).finding
     assert check_version({"redis_version": "6.0.16"}).status is Status.FAIL
     assert check_version({"redis_version": "6.2.0"}).status is Status.OK
     assert check_epoch({}, has_keys=False).status is Status.OK
