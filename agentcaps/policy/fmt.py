@@ -67,6 +67,9 @@ def format_folder(directory: Path, *, write: bool = True) -> list[Path]:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    # A symlinked policy file is rewritten where it points: replacing the
+    # link itself would leave its target unformatted and cut the link.
+    path = path.resolve()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

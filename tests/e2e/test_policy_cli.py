@@ -184,6 +184,19 @@ def test_fmt_check_reports_then_fmt_rewrites(tmp_path):
     assert agentcaps("policy", "fmt", str(tmp_path), "--check").returncode == 0
 
 
+def test_fmt_rewrites_a_symlinked_file_where_it_points(tmp_path):
+    """A policy folder linking a shared file: the shared file is formatted, the link stays."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "cap.cedar").write_text("permit(principal,action,resource);\n")
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "cap.cedar").symlink_to(shared / "cap.cedar")
+    assert agentcaps("policy", "fmt", str(folder)).returncode == 0
+    assert (folder / "cap.cedar").is_symlink()
+    assert (shared / "cap.cedar").read_text() == "permit (principal, action, resource);\n"
+
+
 def test_fmt_writes_nothing_when_a_file_does_not_parse(tmp_path):
     """One broken file: exit 1 with Cedar's message, and no file is rewritten."""
     messy = "permit(principal,action,resource);\n"
