@@ -484,6 +484,9 @@ def open_audit(
     rest = mirrors
     if primary is None and mirrors:
         primary, rest = mirrors[0], mirrors[1:]
+        # The record itself: a file it cannot write stops the start, rather
+        # than every event being lost (and counted) from the first one on.
+        primary.open_now()
     recorder = Recorder(primary, mirrors=rest, spool=spool, clock=clock, **options)
 
     def first_use(key: RootKey) -> None:

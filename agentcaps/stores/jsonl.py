@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from agentcaps.audit import Batch, StoredEvent, body_of, decode
-from agentcaps.errors import StoreUnavailable
+from agentcaps.errors import ConfigError, StoreUnavailable
 
 
 class JsonLinesLog:
@@ -41,6 +41,19 @@ class JsonLinesLog:
             stream.flush()
         except OSError as exc:
             raise StoreUnavailable(
+                f"cannot write audit lines to {self.target} ({exc.strerror})"
+            ) from None
+
+    def open_now(self) -> None:
+        """Open the target at once rather than at the first event: a start-up check.
+
+        Raises:
+            ConfigError: it cannot be opened for appending.
+        """
+        try:
+            self._open()
+        except OSError as exc:
+            raise ConfigError(
                 f"cannot write audit lines to {self.target} ({exc.strerror})"
             ) from None
 

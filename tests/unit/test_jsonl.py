@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentcaps.audit import AuditKind, check_chains, event
+from agentcaps.errors import ConfigError
 from agentcaps.stores.audit import open_audit
 from agentcaps.stores.jsonl import read_jsonl
 from agentcaps.stores.redis import Stores
@@ -74,3 +75,14 @@ def test_a_line_no_reader_can_take_is_an_unreadable_event(tmp_path: Path, line: 
     target.write_bytes(line + b"\n")
     report = check_chains(read_jsonl(target), trimmed=True)
     assert report.checked == 1 and len(report.breaks) == 1
+
+
+def test_a_json_lines_record_that_cannot_be_written_stops_the_start(
+    memory_stores: Stores, tmp_path: Path
+) -> None:
+    """JSON lines as the only target are the record: an unwritable file is refused at once."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    settings = dataclasses.replace(memory_stores.settings, audit=f"jsonl:{blocked}/audit.jsonl")
+    with pytest.raises(ConfigError, match="cannot write audit lines"):
+        open_audit(memory_stores, settings=settings)
