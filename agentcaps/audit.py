@@ -103,16 +103,11 @@ LIST_FIELDS = frozenset(
 )
 
 
-def mask(text: str) -> str:
-    """`text` with anything token-shaped replaced by `[token]`: events never hold a token."""
-    return mask_tokens(text)
-
-
 def _clean(value: Any) -> Any:
     if type(value) is str:
-        return mask(value)
+        return mask_tokens(value)
     if type(value) is tuple or type(value) is list:
-        return tuple(mask(v) if type(v) is str else v for v in value)
+        return tuple(mask_tokens(v) if type(v) is str else v for v in value)
     return value
 
 
@@ -253,13 +248,13 @@ def verification_fields(
     come from an authentic token.
     """
     if "agc_" in resource:
-        resource = mask(resource)
+        resource = mask_tokens(resource)
     if "agc_" in action:
-        action = mask(action)
+        action = mask_tokens(action)
     if purpose is not None and "agc_" in purpose:
-        purpose = mask(purpose)
+        purpose = mask_tokens(purpose)
     if actor is not None and "agc_" in actor:
-        actor = mask(actor)
+        actor = mask_tokens(actor)
     chain = decision.chain
     return [
         "verify",

@@ -37,6 +37,25 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _MAX_REQUEST_CHILDREN = 1024
 
 
+# The recorder's counters as metrics: (family, name, help, key in its status).
+_AUDIT_STATUS: tuple[tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, str], ...] = (
+    (GaugeMetricFamily, "agentcaps_audit_events_pending",
+     "Audit events recorded but not yet in the audit log (queued or spooled)", "pending"),
+    (GaugeMetricFamily, "agentcaps_audit_events_spooled",
+     "Audit events waiting in the local spool file for the audit log", "spooled"),
+    (GaugeMetricFamily, "agentcaps_audit_events_held",
+     "Audit events waiting in memory only: the spool could not be written", "held"),
+    (CounterMetricFamily, "agentcaps_audit_events_written",
+     "Audit events the audit log took", "written"),
+    (CounterMetricFamily, "agentcaps_audit_write_failures",
+     "Batches of audit events the audit log refused (they went to the spool)", "failures"),
+    (CounterMetricFamily, "agentcaps_audit_events_dropped",
+     "Audit events lost: neither the log nor a spool could hold them", "dropped"),
+    (CounterMetricFamily, "agentcaps_audit_mirror_errors",
+     "Audit events a JSON-lines mirror failed to write", "mirror_errors"),
+)  # fmt: skip
+
+
 class _State(Collector):
     """Gauges read at scrape time: the audit backlog and the revocation replica."""
 
@@ -46,41 +65,8 @@ class _State(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status = self._recorder.status()
-        yield GaugeMetricFamily(
-            "agentcaps_audit_events_pending",
-            "Audit events recorded but not yet in the audit log (queued or spooled)",
-            value=status["pending"],
-        )
-        yield GaugeMetricFamily(
-            "agentcaps_audit_events_spooled",
-            "Audit events waiting in the local spool file for the audit log",
-            value=status["spooled"],
-        )
-        yield GaugeMetricFamily(
-            "agentcaps_audit_events_held",
-            "Audit events waiting in memory only: the spool could not be written",
-            value=status["held"],
-        )
-        yield CounterMetricFamily(
-            "agentcaps_audit_events_written",
-            "Audit events the audit log took",
-            value=status["written"],
-        )
-        yield CounterMetricFamily(
-            "agentcaps_audit_write_failures",
-            "Batches of audit events the audit log refused (they went to the spool)",
-            value=status["failures"],
-        )
-        yield CounterMetricFamily(
-            "agentcaps_audit_events_dropped",
-            "Audit events lost: neither the log nor a spool could hold them",
-            value=status["dropped"],
-        )
-        yield CounterMetricFamily(
-            "agentcaps_audit_mirror_errors",
-            "Audit events a JSON-lines mirror failed to write",
-            value=status["mirror_errors"],
-        )
+        for family, name, text, key in _AUDIT_STATUS:
+            yield family(name, text, value=status[key])
         revocations = self._stores.revocations
         if isinstance(revocations, ReplicaRevocationStore):
             lag = revocations.lag()

@@ -56,7 +56,6 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from agentcaps.audit import mask
 from agentcaps.config import MASTER_KEY_BYTES, MEMORY_URL, Settings
 from agentcaps.config import redact_url as _redact_url
 from agentcaps.decision import Reason
@@ -81,6 +80,7 @@ from agentcaps.revocation import (
     fields_for,
 )
 from agentcaps.verify import Verifier
+from agentcaps.wire import mask_tokens
 
 log = logging.getLogger("agentcaps.stores")
 
@@ -611,10 +611,7 @@ class RedisRevocationStore:
         floor = self.watch.seq
         try:
             self._client.hsetnx(self._layout.rv_meta, "epoch", secrets.token_hex(16))
-            epoch, recovery, seq = cast(
-                "list[bytes | None]",
-                self._client.hmget(self._layout.rv_meta, "epoch", "recovery", "seq"),
-            )
+            epoch, recovery, seq = self._read_meta(self._client)
         except _ERRORS as exc:
             raise _unavailable(exc) from None
         self.watch.observe(epoch, recovery, seq, floor)
@@ -631,10 +628,7 @@ class RedisRevocationStore:
         """
         floor = self.watch.seq
         try:
-            epoch, recovery, seq = cast(
-                "list[bytes | None]",
-                self._client.hmget(self._layout.rv_meta, "epoch", "recovery", "seq"),
-            )
+            epoch, recovery, seq = self._read_meta(self._client)
         except _ERRORS as exc:
             raise _unavailable(exc) from None
         if epoch is not None or self.watch.epoch is not None:
@@ -715,8 +709,8 @@ class RedisRevocationStore:
             revocation.subject,
             revocation.revoked_at,
             expires_at,
-            mask(revocation.reason),
-            mask(revocation.by),
+            mask_tokens(revocation.reason),
+            mask_tokens(revocation.by),
         )
 
     def write(
@@ -807,8 +801,9 @@ class RedisRevocationStore:
 
     # -- reading -----------------------------------------------------------
 
-    def _read_meta(self, pipe: Any) -> None:
-        pipe.hmget(self._layout.rv_meta, "epoch", "recovery", "seq")
+    def _read_meta(self, client: Any) -> Any:
+        """HMGET epoch, recovery, seq: the list from a client, queued on a pipeline."""
+        return client.hmget(self._layout.rv_meta, "epoch", "recovery", "seq")
 
     def check(self, facts: TokenFacts) -> Reason | None:
         """Ask Redis, in one round trip, whether anything revokes this token."""
