@@ -466,19 +466,20 @@ class RedisKeyStore:
         secret = new_secret()
         created_at = int(self._clock())
         layout = self._layout
-        try:
-            active = self._activate(
-                keys=[layout.key(kid), layout.keys_index, layout.keys_active, layout.key("")],
-                args=[
-                    kid,
-                    owner or _PLATFORM,
-                    created_at,
-                    self._seal(kid, secret),
-                    "1" if only_if_absent else "0",
-                ],
-            )
-        except _ERRORS as exc:
-            raise _unavailable(exc) from None
+        # Confirmed by the replicas as a revocation is: a failover must not
+        # bring back the key a rotation retired, nor lose the one it made.
+        active = self._revocations.confirmed(
+            self._activate,
+            keys=[layout.key(kid), layout.keys_index, layout.keys_active, layout.key("")],
+            args=[
+                kid,
+                owner or _PLATFORM,
+                created_at,
+                self._seal(kid, secret),
+                "1" if only_if_absent else "0",
+            ],
+            what="root key",
+        )
         active_kid = active.decode()
         if active_kid != kid:
             return self.fresh(active_kid), False
@@ -721,42 +722,57 @@ class RedisRevocationStore:
         extra_keys: Sequence[str] = (),
         extra_args: Sequence[object] = (),
     ) -> int:
-        """Run a recording script for `revocation`; return its sequence number once durable.
+        """Run a recording script for `revocation`; return its sequence number once durable."""
+        self.ensure_epoch()
+        layout = self._layout
+        assert revocation.expires_at is not None
+        reply = self.confirmed(
+            script,
+            keys=[layout.rv, layout.rv_expiry, layout.rv_meta, layout.rv_events, *extra_keys],
+            args=[
+                self.watch.epoch,
+                revocation.field(),
+                revocation.value(),
+                revocation.expires_at,
+                int(self._clock()),
+                _STREAM_MAXLEN,
+                _PRUNE_PER_WRITE,
+                *extra_args,
+            ],
+            what="revocation",
+        )
+        seq = int(reply)
+        self.watch.advance(seq)
+        return seq
+
+    def confirmed(
+        self, script: Any, *, keys: Sequence[str], args: Sequence[object], what: str
+    ) -> Any:
+        """Run a control-plane script on the primary; its reply once the replicas confirm the write.
 
         The script and its WAIT go down one connection, in one pipeline: WAIT
         confirms the writes of the connection it is sent on, so a WAIT sent on
         another pooled connection could confirm an older write instead. On a
         Cluster that connection is to the primary of the control-plane slot
         itself (a Cluster client would send WAIT to some other node).
+
+        Raises:
+            UnknownKey: the script found no such root key.
+            StoreUnavailable: not written, or written to the primary only
+                (`what` names the write in the message).
         """
-        self.ensure_epoch()
-        layout = self._layout
-        assert revocation.expires_at is not None
         try:
-            server = _server_of(self._write_client, layout.rv)
+            server = _server_of(self._write_client, self._layout.rv)
             wanted = self._replicas_to_wait_for(server)
             pipe = server.pipeline(transaction=False)
-            script(
-                keys=[layout.rv, layout.rv_expiry, layout.rv_meta, layout.rv_events, *extra_keys],
-                args=[
-                    self.watch.epoch,
-                    revocation.field(),
-                    revocation.value(),
-                    revocation.expires_at,
-                    int(self._clock()),
-                    _STREAM_MAXLEN,
-                    _PRUNE_PER_WRITE,
-                    *extra_args,
-                ],
-                client=pipe,
-            )
+            script(keys=list(keys), args=list(args), client=pipe)
             if wanted:
                 pipe.wait(wanted, max(1, int(self._wait_timeout * 1000)))
             replies = pipe.execute()
         except redis.ResponseError as exc:
             text = str(exc)
             if "AGENTCAPS_UNKNOWN_KEY" in text:
-                raise UnknownKey(f"no root key {revocation.subject[0]}") from None
+                raise UnknownKey("no root key by that id") from None
             if "AGENTCAPS_NO_EPOCH" in text or "AGENTCAPS_EPOCH_CHANGED" in text:
                 # The store lost its data between our epoch check and the write.
                 self.ensure_epoch()
@@ -766,15 +782,13 @@ class RedisRevocationStore:
         except _ERRORS as exc:
             _relearn_topology(self._write_client)
             raise _unavailable(exc) from None
-        seq = int(replies[0])
-        self.watch.advance(seq)
         acked = int(replies[1]) if wanted else 0
         if acked < wanted:
             raise StoreUnavailable(
-                f"revocation written to the primary but confirmed by {acked} of {wanted} replicas; "
+                f"{what} written to the primary but confirmed by {acked} of {wanted} replicas; "
                 "it is not acknowledged"
             )
-        return seq
+        return replies[0]
 
     def _replicas_to_wait_for(self, server: redis.Redis) -> int:
         """How many replicas must confirm a write: as configured, else as many as `server` has connected."""

@@ -142,5 +142,34 @@ def test_key_revocations_wait_for_replicas_too(
     revoked = stores.keys.revoke(key.kid)
     assert replica_raw.hget(LAYOUT.key(key.kid), "state") == revoked.state.value.encode()
     assert replica_raw.hexists(LAYOUT.rv, b"k" + key.kid.encode())
-    with pytest.raises(StoreUnavailable):
-        too_many.keys.revoke(too_many.keys.signing_key("globex").kid)
+    globex = stores.keys.signing_key("globex")
+    with pytest.raises(StoreUnavailable, match="revocation written to the primary"):
+        too_many.keys.revoke(globex.kid)
+
+
+def test_key_creation_and_rotation_wait_for_replicas_too(
+    redis_server: RedisServer,
+    replica: RedisServer,
+    replica_raw: redis.Redis,
+    open_stores: list[Stores],
+) -> None:
+    """A new key (on first use, created, rotated) is acknowledged only once the replica has it and the active pointer."""
+    stores = real_stores(redis_server)
+    too_many = real_stores(redis_server, wait_replicas=2)
+    open_stores.extend([stores, too_many])
+    first = stores.keys.signing_key("acme")
+    created = stores.keys.create("acme")
+    rotated = stores.keys.rotate(created.kid)
+    for key in (first, created, rotated):
+        assert replica_raw.hexists(LAYOUT.key(key.kid), "blob")
+    # A failover now would keep the rotation: the replica has the new active
+    # key, and the keys it replaced are verify-only there.
+    assert replica_raw.hget(LAYOUT.keys_active, "acme") == rotated.kid.encode()
+    for old in (first, created):
+        assert replica_raw.hget(LAYOUT.key(old.kid), "state") == b"verify-only"
+    with pytest.raises(
+        StoreUnavailable, match="root key written to the primary but confirmed by 1 of 2"
+    ):
+        too_many.keys.create("globex")
+    with pytest.raises(StoreUnavailable, match="confirmed by 1 of 2"):
+        too_many.keys.signing_key("initech")
