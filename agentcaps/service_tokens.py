@@ -149,8 +149,17 @@ class ServiceAuthority:
 
 
 def is_admin(decision: Decision) -> bool:
-    """True when an authorised service token (see ServiceAuthority) is an admin token."""
-    return decision.customer == PLATFORM_CUSTOMER and decision.agent == ADMIN_AGENT
+    """True when an authorised service token (see ServiceAuthority) is an admin token.
+
+    Judged by the holder it was minted for, not the last one: any holder can
+    delegate a token offline, and a delegated admin token is still an admin's
+    (its chain shows to whom it went).
+    """
+    return (
+        decision.customer == PLATFORM_CUSTOMER
+        and bool(decision.chain)
+        and decision.chain[0] == ADMIN_AGENT
+    )
 
 
 def caller(decision: Decision) -> str:

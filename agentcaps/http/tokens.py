@@ -78,7 +78,8 @@ async def mint_token(request: Request) -> Response:
         asker = service.authority.authorize(
             token, customer_resource(body.customer, "tokens"), "mint"
         )
-        issuer = MintIssuer.admin() if is_admin(asker) else MintIssuer.issuer(body.customer)
+        # The principal comes from the token, never from the request body.
+        issuer = MintIssuer.admin() if is_admin(asker) else MintIssuer.issuer(asker.customer or "")
         grant: dict[str, Any] = {
             "customer": body.customer,
             "user": body.user,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from agentcaps import attenuate
 from agentcaps.config import Settings
 from agentcaps.http.app import create_app
 from agentcaps.http.service import Service
@@ -93,6 +94,33 @@ def test_admin_mints_are_decided_as_admin(api: Api) -> None:
     """An admin token is the Admin principal: the forbid on issuers does not apply."""
     response = api.post("/v1/tokens", mint_body(actions=["read", "write"]), api.admin)
     assert response.status_code == 201, response.text
+
+
+def test_a_delegated_admin_token_is_still_the_admin_principal(api: Api, policy_dir: Path) -> None:
+    """Delegating an admin token offline does not make it an issuer of whatever customer a mint names.
+
+    Admins here are held to short, support-only grants; issuers are not. A
+    delegated admin token must meet the admins' rules, not slip past them.
+    """
+    write(
+        policy_dir,
+        "mint.cedar",
+        """
+@id("issuers-own-customer")
+permit (principal is Issuer, action == Action::"mint", resource is Grant)
+when { resource.customer == principal.customer };
+
+@id("admins-break-glass")
+permit (principal is Admin, action == Action::"mint", resource is Grant)
+when { resource.ttl <= 300 };
+""",
+    )
+    api.service.policies.reload()
+    delegated = attenuate(api.admin, delegate_to="ops-bot")
+    for token in (api.admin, delegated):
+        assert_error(api.post("/v1/tokens", mint_body(ttl=3600), token), 403, "policy_denied")
+        assert api.post("/v1/tokens", mint_body(ttl=300), token).status_code == 201
+    assert api.post("/v1/tokens", mint_body(ttl=3600), api.issuer()).status_code == 201
 
 
 def test_a_reloaded_policy_decides_the_next_mint_without_a_restart(
