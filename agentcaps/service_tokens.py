@@ -133,9 +133,12 @@ class ServiceAuthority:
             self._require_platform_key(decision)
         raise error
 
-    def authenticate(self, token: object) -> Decision:
-        """Whether `token` is authentic (signature and key), saying nothing of what it allows."""
-        return self._verifier.authenticate(token)
+    def authenticate(self, token: object, *, in_force: bool = False) -> Decision:
+        """Whether `token` is authentic (signature and key), saying nothing of what it allows.
+
+        With `in_force`, also whether it could be used now (Verifier.authenticate).
+        """
+        return self._verifier.authenticate(token, in_force=in_force)
 
     def _require_platform_key(self, decision: Decision) -> None:
         assert decision.key_id is not None  # an authentic token has a key id

@@ -178,18 +178,26 @@ class Verifier:
                 reason = Reason.REVOCATION_UNAVAILABLE
         return _decision(unverified, claims, reason)
 
-    def authenticate(self, token: object) -> Decision:
+    def authenticate(self, token: object, *, in_force: bool = False) -> Decision:
         """Check only that `token` is authentic: it decodes, its root key exists, its signature holds.
 
-        Nothing here says what the token allows: no caveat, clock, key state
-        or revocation is checked. Use it to act on a token itself (revoking
-        it, for instance), never to authorise a request.
+        Nothing here says what the token allows: no caveat or revocation is
+        checked, and the clock and key state only with `in_force` (the token
+        could be used now: its key is not revoked, its caveats hold together,
+        it is within its validity window). Use it to act on a token itself
+        (revoking it, for instance), never to authorise a request.
         """
         found = self._authentic(token)
         if isinstance(found, Decision):
             return found
-        (unverified, claims), _key = found
-        return _decision(unverified, claims, None)
+        (unverified, claims), key = found
+        reason: Reason | None = None
+        if in_force:
+            if key.state is KeyState.REVOKED:
+                reason = Reason.KEY_REVOKED
+            else:
+                reason = self._in_force(claims, unverified.identifier.iat)
+        return _decision(unverified, claims, reason)
 
     def _authentic(
         self, token: object, local_only: bool = False
@@ -255,15 +263,9 @@ class Verifier:
         actor: str | None,
     ) -> Reason | None:
         """The first reason the claims deny this request, most fundamental first."""
-        if claims.problem is not None:
-            return claims.problem
-        now = int(self._clock())
-        leeway = self._leeway
-        assert claims.expires_at is not None  # no problem means an expiry exists
-        if now - leeway >= claims.expires_at or now - leeway >= issued_at + self._max_lifetime:
-            return Reason.EXPIRED
-        if claims.not_before is not None and now + leeway < claims.not_before:
-            return Reason.NOT_YET_VALID
+        reason = self._in_force(claims, issued_at)
+        if reason is not None:
+            return reason
         if claims.audiences is not None and self._audience not in claims.audiences:
             return Reason.AUDIENCE_DENIED
         if actor is not None and actor != claims.chain[-1]:
@@ -276,6 +278,19 @@ class Verifier:
             return Reason.ACTION_DENIED
         if not claims.purposes or (purpose is not None and purpose not in claims.purposes):
             return Reason.PURPOSE_DENIED
+        return None
+
+    def _in_force(self, claims: Claims, issued_at: int) -> Reason | None:
+        """Why a token with these claims cannot be used now (whatever the request), or None."""
+        if claims.problem is not None:
+            return claims.problem
+        now = int(self._clock())
+        leeway = self._leeway
+        assert claims.expires_at is not None  # no problem means an expiry exists
+        if now - leeway >= claims.expires_at or now - leeway >= issued_at + self._max_lifetime:
+            return Reason.EXPIRED
+        if claims.not_before is not None and now + leeway < claims.not_before:
+            return Reason.NOT_YET_VALID
         return None
 
 

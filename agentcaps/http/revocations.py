@@ -2,7 +2,7 @@
 
 `{"token": T}` revokes T and everything derived from it (its last delegation
 branch, else its token id). It is allowed to T itself (any token may revoke
-itself), to an admin, and to an issuer of T's customer. Revoking by token id,
+itself, while it is in force), to an admin, and to an issuer of T's customer. Revoking by token id,
 delegation id, key id or agent is for admins; by customer (and user), for
 admins and that customer's issuers.
 """
@@ -16,7 +16,7 @@ from starlette.responses import Response
 from agentcaps.audit import key_revocation_events, revocation_event
 from agentcaps.claims import decode_unverified
 from agentcaps.decision import Reason
-from agentcaps.errors import InvalidToken, StoreUnavailable
+from agentcaps.errors import InvalidToken, StoreUnavailable, refusal
 from agentcaps.http.body import parse
 from agentcaps.http.endpoint import Endpoint, respond
 from agentcaps.http.models import RevocationList, RevocationRequest, RevocationResponse
@@ -32,14 +32,19 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
     settings = service.settings
     now = int(service.clock())
     if body.token is not None:
+        # The bearer is the very token to revoke: a token may revoke itself
+        # while it is in force. (A plain comparison: both strings are the
+        # caller's own.) An expired copy found in a log revokes nothing.
+        itself = bearer == body.token
         target = authority.authenticate(body.token)
         if target.reason is Reason.REVOCATION_UNAVAILABLE:
             raise StoreUnavailable("the key store did not answer")
         if target.reason is not Reason.OK:
             raise InvalidToken(f"token: not an authentic token ({target.reason})", target.reason)
-        # The bearer is the very token to revoke: a token may always revoke itself.
-        # (A plain comparison: both strings are the caller's own.)
-        if bearer == body.token:
+        if itself:
+            current = authority.authenticate(body.token, in_force=True)
+            if current.reason is not Reason.OK:
+                raise refusal(current)
             by = caller(target)
         else:
             assert target.customer is not None  # authentic tokens have a principal

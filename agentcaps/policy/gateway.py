@@ -247,6 +247,6 @@ class PolicedVerifier:
             )
         return outcome.decision
 
-    def authenticate(self, token: object) -> Decision:
+    def authenticate(self, token: object, *, in_force: bool = False) -> Decision:
         """Verifier.authenticate: no policy applies to authenticity."""
-        return self.verifier.authenticate(token)
+        return self.verifier.authenticate(token, in_force=in_force)

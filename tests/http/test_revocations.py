@@ -25,6 +25,24 @@ def test_a_token_revokes_itself_with_no_other_credential(api: Api) -> None:
     assert reason(api, token) == "revoked"
 
 
+def test_a_token_revokes_itself_only_while_it_is_in_force(api: Api) -> None:
+    """An expired copy revokes nothing (a narrowed copy found in a log cannot kill its parent); nor does a token not yet valid."""
+    parent = api.agent_token()
+    expired = agentcaps.attenuate(
+        parent, resources=["crm/contacts/42"], expires_at=int(api.clock()) + 1
+    )
+    later = api.agent_token(not_before=int(api.clock()) + 600)
+    api.clock.advance(5)
+    for copy, why in ((expired, "expired"), (later, "not_yet_valid")):
+        response = api.post("/v1/revocations", {"token": copy}, copy)
+        assert assert_error(response, 401)["reason"] == why
+        assert "invalid_token" in response.headers["www-authenticate"]
+    assert reason(api, parent) == "ok"
+    # An admin may still revoke a token that is no longer in force.
+    assert api.post("/v1/revocations", {"token": expired}, api.admin).status_code == 201
+    assert reason(api, parent) == "revoked"
+
+
 def test_a_delegated_token_revokes_its_branch_not_its_parent(api: Api) -> None:
     """A delegated token revoking itself revokes its delegation branch; the parent stays allowed."""
     parent = api.agent_token()

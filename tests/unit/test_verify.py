@@ -616,6 +616,21 @@ def test_authenticate_accepts_an_authentic_token_whatever_it_allows(token, verif
     assert decision.customer == "acme" and decision.chain
 
 
+def test_authenticate_in_force_also_checks_the_clock_and_the_key(
+    token, minted, minter, memory_stores, verifier, clock
+):
+    """authenticate(in_force=True): expired, not yet valid or on a revoked key is not in force."""
+    assert verifier.authenticate(token, in_force=True).reason is Reason.OK
+    clock.advance(10_000)
+    assert verifier.authenticate(token, in_force=True).reason is Reason.EXPIRED
+    fresh = minter.mint(**SCOPE, not_before=int(clock()) + 600)
+    assert verifier.authenticate(fresh, in_force=True).reason is Reason.NOT_YET_VALID
+    clock.advance(600)
+    memory_stores.keys.revoke(minted.key_id)
+    assert verifier.authenticate(fresh, in_force=True).reason is Reason.KEY_REVOKED
+    assert verifier.authenticate(fresh).reason is Reason.OK
+
+
 def test_authenticate_denies_a_forged_token_bad_signature(token, verifier):
     """authenticate() refuses a token whose signature chain does not hold."""
     decision = verifier.authenticate(flip_last_signature_bit(token))
