@@ -1,10 +1,10 @@
 """Revocation routes: who may revoke what, and the live list.
 
 `{"token": T}` revokes T and everything derived from it (its last delegation
-branch, else its token id). It is allowed to T itself (any token may revoke
-itself, while it is in force), to an admin, and to an issuer of T's customer. Revoking by token id,
-delegation id, key id or agent is for admins; by customer (and user), for
-admins and that customer's issuers.
+branch, else its token id). It is allowed to T itself while T is in force
+(any token may revoke itself), to an admin, and to an issuer of T's
+customer. Revoking by token id, delegation id, key id or agent is for
+admins; by customer (and user), for admins and that customer's issuers.
 """
 
 from __future__ import annotations
