@@ -185,7 +185,7 @@ class Revocation:
         out.update(zip(names, self.subject))
         out.update(
             revoked_at=self.revoked_at,
-            expires_at=self.expires_at,
+            expires_at=None if self.expires_at == NEVER_EXPIRES else self.expires_at,
             reason=self.reason,
             by=self.by,
         )
@@ -316,6 +316,11 @@ class RevocationIndex:
                 if entry is not None and facts.iat <= entry[0]:
                     return Reason.REVOKED
         return None
+
+
+# A root key's entry is kept for good: a verifier that read the key before it
+# was revoked keeps it in memory, and only the entry tells it otherwise.
+NEVER_EXPIRES = 2**62
 
 
 def default_expiry(revoked_at: int, max_lifetime: int, leeway: int) -> int:

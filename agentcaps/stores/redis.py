@@ -71,6 +71,7 @@ from agentcaps.errors import (
 from agentcaps.keys import KeyState, RootKey, new_key_id, new_secret
 from agentcaps.mint import Minter
 from agentcaps.revocation import (
+    NEVER_EXPIRES,
     Revocation,
     RevocationIndex,
     RevocationKind,
@@ -702,9 +703,12 @@ class RedisRevocationStore:
         # between the clock that prunes (the writer's, a replica's) and theirs.
         keep = 2 * self._leeway
         default = default_expiry(revocation.revoked_at, self._max_lifetime, keep)
-        expires_at = (
-            default if revocation.expires_at is None else min(revocation.expires_at + keep, default)
-        )
+        if revocation.kind is RevocationKind.KEY:
+            expires_at = NEVER_EXPIRES
+        elif revocation.expires_at is None:
+            expires_at = default
+        else:
+            expires_at = min(revocation.expires_at + keep, default)
         return Revocation(
             revocation.kind,
             revocation.subject,

@@ -7,6 +7,8 @@ the replica's staleness plus slack. Outcomes must be the same.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from agentcaps import (
@@ -17,10 +19,12 @@ from agentcaps import (
     StoreUnavailable,
     attenuate,
 )
+from agentcaps.mint import Minter
 from agentcaps.stores.redis import Stores
 from tests.conftest import FakeClock
 from tests.integration.harness import (
     LAYOUT,
+    SCOPE,
     Backend,
     MemoryBackend,
     RedisBackend,
@@ -265,6 +269,38 @@ class RevocationStoreContract:
         assert not backend.raw.hexists(LAYOUT.rv, old.field())
         assert backend.raw.zscore(LAYOUT.rv_expiry, old.field()) is None
         assert stores.revocations.list() == [newest, young]
+
+    def test_a_key_revocation_outlives_every_other_entry(self, backend: Backend, mode: str) -> None:
+        """A revoked key stays revoked, long after other entries are pruned, for a verifier that cached it.
+
+        Such a verifier keeps the key in memory as it was read (active): only
+        the entry tells it otherwise. A leaked key must not verify again once
+        the longest token life has passed.
+        """
+        gateway = backend.open(revocation_mode=mode, max_lifetime=100)
+        admin = backend.open(max_lifetime=100)
+        clock = backend.clock
+        minted = mint(admin, clock, ttl=60)
+        assert reason(gateway, clock, minted.token) is Reason.OK  # the gateway caches the key
+        leaked = gateway.keys.get(minted.key_id)
+        assert leaked is not None
+        admin.keys.revoke(minted.key_id)
+        self.expect(backend, gateway, minted.token, Reason.KEY_REVOKED)
+        clock.advance(10_000)
+        revoke(admin, clock, RevocationKind.AGENT, "tool")  # prunes what has expired
+        (entry,) = [r for r in admin.revocations.list() if r.kind is RevocationKind.KEY]
+        assert entry.to_dict()["expires_at"] is None
+
+        class Leaked:
+            def signing_key(self, customer: str | None) -> object:
+                return leaked
+
+        forged = Minter(Leaked(), clock=clock).mint(  # type: ignore[arg-type]
+            customer="acme", user="alice", agent="planner", ttl=60, **SCOPE
+        )
+        if mode == "replica":
+            time.sleep(STALENESS + 1)  # long enough for the replica to apply the prune
+        assert reason(gateway, clock, forged) is Reason.KEY_REVOKED
 
     def test_list_shows_every_live_revocation_newest_first(
         self, backend: Backend, stores: Stores
