@@ -244,6 +244,11 @@ class EpochWatch:
         self.seq = 0
         self.lost: str | None = None
         self._lock = threading.Lock()
+        self._on_recovery: list[Callable[[], None]] = []
+
+    def on_recovery(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when this process moves to an operator's recovery epoch."""
+        self._on_recovery.append(callback)
 
     def observe(
         self, epoch: bytes | None, recovery: bytes | None, seq: bytes | int | None, floor: int
@@ -255,6 +260,7 @@ class EpochWatch:
         """
         seq_now = int(seq or 0)
         recovered = int(recovery or 0)
+        moved = False
         with self._lock:
             if epoch is None:
                 self.lost = self.lost or (
@@ -264,6 +270,7 @@ class EpochWatch:
                 )
             elif self.epoch is None or (epoch != self.epoch and recovered > self.recovered):
                 # First sight, or an operator's newer recovery: start from here.
+                moved = self.epoch is not None
                 self.epoch, self.seq, self.lost = epoch, seq_now, None
                 self.recovered = recovered
             elif epoch != self.epoch:
@@ -283,6 +290,9 @@ class EpochWatch:
                 self.seq = max(self.seq, seq_now)
             if self.lost is not None:
                 raise RevocationStateLost(self.lost)
+        if moved:
+            for callback in self._on_recovery:
+                callback()
 
     def advance(self, seq: int) -> None:
         """Note a sequence number seen in the event stream."""
@@ -323,6 +333,14 @@ class RedisKeyStore:
         # Told of each key `signing_key` creates on first use: that creation
         # has no caller of its own to record it (the audit trail listens).
         self._first_use_listeners: list[Callable[[RootKey], None]] = []
+        # A recovery follows a loss, and keys can be lost with the rest: what
+        # this process remembers of them (a key since revoked, or gone) must
+        # not outlive what Redis holds now.
+        revocations.watch.on_recovery(self._forget)
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._missing.clear()
 
     def on_first_use_create(self, listener: Callable[[RootKey], None]) -> Callable[[], None]:
         """Call `listener` with every key `signing_key` creates on first use; returns the remover.
