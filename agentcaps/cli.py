@@ -36,7 +36,6 @@ from agentcaps.errors import (
     RevocationStateLost,
     StoreUnavailable,
 )
-from agentcaps.mint import Minter
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 from agentcaps.wire import mask_tokens
 
@@ -864,7 +863,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stores = open_stores(settings)
         try:
             admin = mint_admin_token(
-                Minter(stores.keys, max_ttl=settings.max_lifetime),
+                stores.minter(max_ttl=settings.max_lifetime),
                 ttl=min(_BOOTSTRAP_TTL, settings.max_lifetime),
             )
             _banner(
@@ -919,7 +918,7 @@ def cmd_admin_token(args: argparse.Namespace, stores: Stores) -> None:
 
     with _recording(stores) as recorder:
         minted = mint_admin_token(
-            Minter(stores.keys, max_ttl=stores.settings.max_lifetime), ttl=args.ttl, name=args.name
+            stores.minter(max_ttl=stores.settings.max_lifetime), ttl=args.ttl, name=args.name
         )
         _record(
             recorder,

@@ -16,8 +16,10 @@ from typing import NotRequired, TypedDict, Unpack
 from agentcaps import caveats as cv
 from agentcaps import signature, wire
 from agentcaps.claims import decode_unverified
-from agentcaps.errors import InvalidArgument
+from agentcaps.decision import Reason
+from agentcaps.errors import InvalidArgument, StoreUnavailable
 from agentcaps.keys import KeyStore
+from agentcaps.revocation import RevocationStore, TokenFacts
 
 Clock = Callable[[], float]
 
@@ -129,14 +131,22 @@ class Minter:
         keys: where root keys live.
         clock: returns unix time; injected so tests and replays control it.
         max_ttl: the longest ttl `mint` accepts, in seconds.
+        revocations: where revocations live, so that no token is born revoked
+            (see `plan`); None: not looked at.
     """
 
     def __init__(
-        self, keys: KeyStore, *, clock: Clock = time.time, max_ttl: int = DEFAULT_MAX_TTL
+        self,
+        keys: KeyStore,
+        *,
+        clock: Clock = time.time,
+        max_ttl: int = DEFAULT_MAX_TTL,
+        revocations: RevocationStore | None = None,
     ) -> None:
         self._keys = keys
         self._clock = clock
         self._max_ttl = max_ttl
+        self._revocations = revocations
 
     def mint(self, **request: Unpack[MintRequest]) -> str:
         """Mint a token for `agent` acting for `user` of `customer`; return the token string.
@@ -191,7 +201,8 @@ class Minter:
                 raise InvalidArgument(f"{name} is required")
         caveats: list[cv.Caveat] = [principal, first_holder]
         caveats += _scope_caveats(resources, actions, purposes, audience)
-        now = int(self._clock())
+        token_id = secrets.token_bytes(wire.TOKEN_ID_BYTES)
+        now = self._issue_time(token_id, principal, first_holder.agent)
         expires_at = now + ttl
         caveats.append(cv.Expires(expires_at))
         if not_before is not None:
@@ -200,11 +211,35 @@ class Minter:
             caveats.append(cv.MaxDelegations(_check_limit(max_delegations)))
         return MintPlan(
             key_owner=None if platform_key else customer,
-            token_id=secrets.token_bytes(wire.TOKEN_ID_BYTES),
+            token_id=token_id,
             issued_at=now,
             expires_at=expires_at,
             caveats=tuple(caveats),
         )
+
+    def _issue_time(self, token_id: bytes, principal: cv.Principal, agent: str) -> int:
+        """Now, or the next second when a revocation made this very second would take the token.
+
+        Revoking a customer, a user or an agent takes their tokens issued up
+        to and including the second it is made, so a token minted in that
+        second (the new issuer token after a customer's revocation, say)
+        would be born revoked. It is dated one second later instead. The
+        look is a courtesy: when revocations cannot be read, the token is
+        dated now (verifiers fail closed on their own).
+        """
+        now = int(self._clock())
+        if self._revocations is None:
+            return now
+        for issued_at in (now, now + 1):
+            facts = TokenFacts(
+                "", token_id, issued_at, principal.customer, principal.user, (), (agent,)
+            )
+            try:
+                if self._revocations.check(facts) is not Reason.REVOKED:
+                    return issued_at
+            except StoreUnavailable:
+                return now
+        return now
 
     def sign(self, plan: MintPlan) -> MintedToken:
         """Sign a plan with its owner's active root key: the token exists from here on.

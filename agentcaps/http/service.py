@@ -91,7 +91,7 @@ class Service:
             stores=stores,
             clock=clock,
             minter=stores.minter(clock=clock, max_ttl=settings.max_ttl),
-            service_minter=Minter(stores.keys, clock=clock, max_ttl=settings.max_lifetime),
+            service_minter=stores.minter(clock=clock, max_ttl=settings.max_lifetime),
             authority=ServiceAuthority(stores.keys, service_verifier),
             gateway=gateway,
             gate=Gate(gateway, rules),

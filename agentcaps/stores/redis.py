@@ -1085,8 +1085,9 @@ class Stores:
         return self.url == MEMORY_URL
 
     def minter(self, **options: Any) -> Minter:
-        """A Minter on these keys, with the deployment's max ttl unless given."""
+        """A Minter on these keys and revocations, with the deployment's max ttl unless given."""
         options.setdefault("max_ttl", self.settings.max_ttl)
+        options.setdefault("revocations", self.revocations)
         return Minter(self.keys, **options)
 
     def verifier(self, **options: Any) -> Verifier:

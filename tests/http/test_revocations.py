@@ -5,6 +5,7 @@ from __future__ import annotations
 import agentcaps
 from agentcaps import signature, wire
 from agentcaps.caveats import Delegate
+from tests.conftest import SCOPE
 from tests.http.conftest import Api, assert_error
 
 REQUEST = {"resource": "crm/contacts/42", "action": "read"}
@@ -87,6 +88,32 @@ def test_an_issuer_revokes_its_customers_tokens_not_anothers(api: Api) -> None:
     assert_error(api.post("/v1/revocations", {"customer": "globex"}, issuer), 403)
     assert api.post("/v1/revocations", {"token": acme}, issuer).status_code == 201
     assert (reason(api, acme), reason(api, globex)) == ("revoked", "ok")
+
+
+def test_a_token_minted_in_the_second_of_a_revocation_is_not_born_revoked(api: Api) -> None:
+    """Revoke a customer, a user or an agent, then mint for them in the same second: the new token works.
+
+    A revocation takes what was issued up to and including its second, so
+    the new token is dated the next second (the clock here does not move).
+    """
+    now = int(api.clock())
+    revocations = [
+        {"customer": "acme", "user": "alice"},
+        {"customer": "acme"},
+    ]
+    for body in revocations:
+        assert api.post("/v1/revocations", body, api.admin).status_code == 201
+    assert api.post("/v1/revocations", {"agent": "planner"}, api.admin).status_code == 201
+    minted = api.post("/v1/tokens", {**SCOPE, "ttl": 600}, api.admin).json()
+    assert minted["issued_at"] == now + 1 and minted["expires_at"] == now + 601
+    assert reason(api, minted["token"]) == "ok"
+    # The same for a customer's new issuer token after that customer's revocation.
+    issuer = api.post("/v1/issuers", {"customer": "acme", "ttl": 600}, api.admin).json()["token"]
+    assert api.post("/v1/tokens", {**SCOPE, "ttl": 60}, issuer).status_code == 201
+    # With nothing revoked this second, a token is dated now.
+    api.clock.advance(5)
+    later = api.post("/v1/tokens", {**SCOPE, "user": "bob", "ttl": 60}, api.admin).json()
+    assert later["issued_at"] == now + 5
 
 
 def test_each_kind_of_revocation_takes_effect(api: Api) -> None:
