@@ -574,8 +574,14 @@ class Recorder:
         self._retry_at = time.monotonic() + self._retry_interval
 
     def _to_backlog(self, batch: Batch) -> None:
-        if self._spool is not None and not self._stranded:
+        if self._spool is not None:
             try:
+                # What memory holds is older than `batch`: it goes first, now
+                # that the spool may take it again (after close, this is the
+                # only way held events still reach a file).
+                while self._stranded:
+                    self._spool.append(self._stranded[0])
+                    self.spooled += len(self._stranded.pop(0))
                 self._spool.append(batch)
             except OSError as exc:
                 log.error(

@@ -364,3 +364,13 @@ def test_late_events_while_an_adopter_holds_the_spool_are_held_not_dropped(
         os.close(adopter)
     status = first.status()
     assert first.dropped == 0 and status["held"] == 3 and first.pending == 4
+    # Once the adopter lets go (its own attempt failed: the file stays), the
+    # next late event takes what memory held to the spool with it, in order.
+    first.record(numbered(4))  # type: ignore[arg-type]
+    assert first.status()["held"] == 0 and first.spool_pending == 5
+    log.up = True
+    last = Recorder(log, spool=tmp_path, interval=LONG)
+    assert last.flush(5)
+    last.close()
+    assert log.kinds() == ["e0", "e1", "e2", "e3", "e4"]
+    assert check_chains(log.stored(), trimmed=False).ok
