@@ -101,6 +101,8 @@ _READ_COUNT = 1000  # events a replica takes from the stream per read
 _WAIT_TIMEOUT = 1.0  # seconds a revocation waits for replicas to confirm it
 _PRUNE_PER_WRITE = 500
 _SCAN_COUNT = 1000
+# What processes read of rv:meta to notice a loss (see EpochWatch).
+META_FIELDS = ("epoch", "recovery", "seq", "run")
 
 MEMORY_WARNING = (
     "agentcaps is running on memory:// (the embedded default): keys and revocations "
@@ -121,6 +123,7 @@ class Layout:
         self.rv_expiry = base + "rv:expiry"
         self.rv_meta = base + "rv:meta"
         self.rv_events = base + "rv:events"
+        self.rv_runs = base + "rv:runs"
         self._key_prefix = base + "keys:k:"
 
     def key(self, kid: str) -> str:
@@ -134,12 +137,23 @@ class Layout:
 # keeps it: for a customer, user or agent the later revocation time (it covers
 # more tokens), else the later expiry. Writes can land out of order (issuers'
 # clocks differ); last-write-wins would move a revocation back in time.
-#   KEYS: rv, rv:expiry, rv:meta, rv:events
+# The first write under a new server process (a restart, a failover) notes
+# that process's run id and the sequence it started from in rv:runs: a
+# restart from an older state shows there even after later writes have
+# brought the sequence back up (EpochWatch).
+#   KEYS: rv, rv:expiry, rv:meta, rv:events, rv:runs
 #   ARGV: epoch, field, value, expires_at, now, stream maxlen, prune limit
 _RECORD = """
 local epoch = redis.call('HGET', KEYS[3], 'epoch')
 if not epoch then return redis.error_reply('AGENTCAPS_NO_EPOCH') end
 if epoch ~= ARGV[1] then return redis.error_reply('AGENTCAPS_EPOCH_CHANGED') end
+local info = redis.pcall('INFO', 'server')
+local run = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or nil
+if run and redis.call('HGET', KEYS[3], 'run') ~= run then
+  redis.call('RPUSH', KEYS[5], run .. ':' .. (redis.call('HGET', KEYS[3], 'seq') or '0'))
+  redis.call('LTRIM', KEYS[5], -64, -1)
+  redis.call('HSET', KEYS[3], 'run', run)
+end
 -- A non-negative msgpack integer at pos: its value and the next pos.
 local function uint(s, pos)
   local b = string.byte(s, pos)
@@ -183,16 +197,16 @@ _REVOKE_SCRIPT = _RECORD + "return seq\n"
 
 # Revoking a root key: its record says so for good, it stops being anyone's
 # active key, and a revocation entry reaches every verifier (key_revoked).
-#   KEYS: rv, rv:expiry, rv:meta, rv:events, key record, keys:active
+#   KEYS: as _RECORD, then the key record, keys:active
 #   ARGV: as _RECORD, then the owner name in keys:active
 _REVOKE_KEY_SCRIPT = (
     """
-if redis.call('EXISTS', KEYS[5]) == 0 then return redis.error_reply('AGENTCAPS_UNKNOWN_KEY') end
+if redis.call('EXISTS', KEYS[6]) == 0 then return redis.error_reply('AGENTCAPS_UNKNOWN_KEY') end
 """
     + _RECORD
     + """
-redis.call('HSET', KEYS[5], 'state', 'revoked')
-if redis.call('HGET', KEYS[6], ARGV[8]) == ARGV[2]:sub(2) then redis.call('HDEL', KEYS[6], ARGV[8]) end
+redis.call('HSET', KEYS[6], 'state', 'revoked')
+if redis.call('HGET', KEYS[7], ARGV[8]) == ARGV[2]:sub(2) then redis.call('HDEL', KEYS[7], ARGV[8]) end
 return seq
 """
 )
@@ -242,6 +256,7 @@ class EpochWatch:
         self.epoch: bytes | None = None
         self.recovered = 0  # the recovery time of the epoch we follow (0: not a recovery)
         self.seq = 0
+        self.run: bytes | None = None  # the server process `seq` was last confirmed under
         self.lost: str | None = None
         self._lock = threading.Lock()
         self._on_recovery: list[Callable[[], None]] = []
@@ -251,12 +266,23 @@ class EpochWatch:
         self._on_recovery.append(callback)
 
     def observe(
-        self, epoch: bytes | None, recovery: bytes | None, seq: bytes | int | None, floor: int
+        self,
+        epoch: bytes | None,
+        recovery: bytes | None,
+        seq: bytes | int | None,
+        floor: int,
+        run: bytes | None = None,
+        restarted_from: int | None = None,
     ) -> None:
         """Check one reading of rv:meta. Raises RevocationStateLost.
 
         `floor` is the sequence this process knew when it sent the read: a
         reading can lag writes that finished after it was sent, never before.
+        `run` is the server process that last wrote; when it is not the one
+        this process knew, `restarted_from` is the lowest sequence any server
+        process started from since (-1: the record does not reach back that
+        far). A restart from below `floor` lost revocations, however far
+        later writes have taken the sequence since.
         """
         seq_now = int(seq or 0)
         recovered = int(recovery or 0)
@@ -273,21 +299,24 @@ class EpochWatch:
                 moved = self.epoch is not None
                 self.epoch, self.seq, self.lost = epoch, seq_now, None
                 self.recovered = recovered
+                self.run = run
             elif epoch != self.epoch:
                 self.lost = self.lost or (
                     "the revocation store's epoch changed: it was replaced by an empty or "
                     "different store, so revocations may be lost. Run "
                     "`agentcaps revocations recover` once it is understood"
                 )
-            elif seq_now < floor:
+            elif seq_now < floor or (restarted_from is not None and restarted_from < floor):
+                went_to = seq_now if seq_now < floor else restarted_from
                 self.lost = self.lost or (
-                    f"the revocation store went back from sequence {floor} to {seq_now}: "
+                    f"the revocation store went back from sequence {floor} to {went_to}: "
                     "acknowledged revocations are missing (a failover to a stale replica, or "
                     "a restore from an old snapshot). Run `agentcaps revocations recover` "
                     "once it is understood"
                 )
             elif self.lost is None:
                 self.seq = max(self.seq, seq_now)
+                self.run = run or self.run
             if self.lost is not None:
                 raise RevocationStateLost(self.lost)
         if moved:
@@ -631,10 +660,10 @@ class RedisRevocationStore:
         floor = self.watch.seq
         try:
             self._client.hsetnx(self._layout.rv_meta, "epoch", secrets.token_hex(16))
-            epoch, recovery, seq = self._read_meta(self._client)
+            epoch, recovery, seq, run = self._read_meta(self._client)
         except _ERRORS as exc:
             raise _unavailable(exc) from None
-        self.watch.observe(epoch, recovery, seq, floor)
+        self._observe(epoch, recovery, seq, floor, run)
 
     def learn_epoch(self) -> None:
         """Read rv:meta now: remember its epoch, or report that it lost the one known.
@@ -648,11 +677,11 @@ class RedisRevocationStore:
         """
         floor = self.watch.seq
         try:
-            epoch, recovery, seq = self._read_meta(self._client)
+            epoch, recovery, seq, run = self._read_meta(self._client)
         except _ERRORS as exc:
             raise _unavailable(exc) from None
         if epoch is not None or self.watch.epoch is not None:
-            self.watch.observe(epoch, recovery, seq, floor)
+            self._observe(epoch, recovery, seq, floor, run)
 
     def recover(self) -> str:
         """Operator action after a detected loss: start a new, recovery epoch.
@@ -673,7 +702,12 @@ class RedisRevocationStore:
         return epoch
 
     def observe(
-        self, epoch: bytes | None, recovery: bytes | None, seq: bytes | int | None, floor: int
+        self,
+        epoch: bytes | None,
+        recovery: bytes | None,
+        seq: bytes | int | None,
+        floor: int,
+        run: bytes | None = None,
     ) -> None:
         """Check a reading of rv:meta, sent when this process knew sequence `floor`.
 
@@ -691,7 +725,37 @@ class RedisRevocationStore:
         if epoch is None and self.watch.epoch is None:
             self.ensure_epoch()
         else:
-            self.watch.observe(epoch, recovery, seq, floor)
+            self._observe(epoch, recovery, seq, floor, run)
+
+    def _observe(
+        self,
+        epoch: bytes | None,
+        recovery: bytes | None,
+        seq: bytes | int | None,
+        floor: int,
+        run: bytes | None,
+    ) -> None:
+        """EpochWatch.observe, with the record of server restarts read when the server changed."""
+        restarted_from = None
+        known = self.watch.run
+        if run is not None and known is not None and run != known and epoch == self.watch.epoch:
+            restarted_from = self._restarted_from(known)
+        self.watch.observe(epoch, recovery, seq, floor, run, restarted_from)
+
+    def _restarted_from(self, known: bytes) -> int:
+        """The lowest sequence a server process started from after `known` (-1: not recorded)."""
+        try:
+            entries = cast("list[bytes]", self._client.lrange(self._layout.rv_runs, 0, -1))
+        except _ERRORS as exc:
+            raise _unavailable(exc) from None
+        runs = [entry.rpartition(b":") for entry in entries]
+        ids = [run for run, _, _ in runs]
+        if known not in ids:
+            # Pushed out by many restarts, or lost with the data: either way
+            # what this process saw cannot be shown to have survived.
+            return -1
+        after = runs[len(ids) - ids[::-1].index(known) :]
+        return min((int(seq) for _, _, seq in after), default=-1)
 
     def ping(self) -> bool:
         """True when the server holding the revocations answers (on a Cluster: its slot's primary)."""
@@ -750,7 +814,14 @@ class RedisRevocationStore:
         assert revocation.expires_at is not None
         reply = self.confirmed(
             script,
-            keys=[layout.rv, layout.rv_expiry, layout.rv_meta, layout.rv_events, *extra_keys],
+            keys=[
+                layout.rv,
+                layout.rv_expiry,
+                layout.rv_meta,
+                layout.rv_events,
+                layout.rv_runs,
+                *extra_keys,
+            ],
             args=[
                 self.watch.epoch,
                 revocation.field(),
@@ -838,8 +909,8 @@ class RedisRevocationStore:
     # -- reading -----------------------------------------------------------
 
     def _read_meta(self, client: Any) -> Any:
-        """HMGET epoch, recovery, seq: the list from a client, queued on a pipeline."""
-        return client.hmget(self._layout.rv_meta, "epoch", "recovery", "seq")
+        """HMGET epoch, recovery, seq, run: the list from a client, queued on a pipeline."""
+        return client.hmget(self._layout.rv_meta, *META_FIELDS)
 
     def check(self, facts: TokenFacts) -> Reason | None:
         """Ask Redis, in one round trip, whether anything revokes this token."""
@@ -851,10 +922,10 @@ class RedisRevocationStore:
             # before they were read shows in the meta read after them.
             pipe.hmget(self._layout.rv, fields)
             self._read_meta(pipe)
-            values, (epoch, recovery, seq) = pipe.execute()
+            values, (epoch, recovery, seq, run) = pipe.execute()
         except _ERRORS as exc:
             raise _unavailable(exc) from None
-        self.observe(epoch, recovery, seq, floor)
+        self.observe(epoch, recovery, seq, floor, run)
         try:
             index = RevocationIndex.of(zip(fields, values))
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -892,10 +963,10 @@ class RedisRevocationStore:
             pipe = self._client.pipeline(transaction=True)
             self._read_meta(pipe)
             pipe.xrevrange(layout.rv_events, count=1)
-            (epoch, recovery, seq), last = pipe.execute()
+            (epoch, recovery, seq, run), last = pipe.execute()
         except _ERRORS as exc:
             raise _unavailable(exc) from None
-        self.observe(epoch, recovery, seq, floor)
+        self.observe(epoch, recovery, seq, floor, run)
         return epoch, recovery, int(seq or 0), last[0][0] if last else b"0-0"
 
 
@@ -997,10 +1068,10 @@ class ReplicaRevocationStore:
         sent = time.monotonic()
         floor = self.watch.seq
         pipe = self._client.pipeline(transaction=False)
-        pipe.hmget(self._layout.rv_meta, "epoch", "recovery", "seq")
+        pipe.hmget(self._layout.rv_meta, *META_FIELDS)
         pipe.xread({self._layout.rv_events: self._last_id}, block=self._block_ms, count=_READ_COUNT)
-        (epoch, recovery, seq), reply = pipe.execute()
-        self._store.observe(epoch, recovery, seq, floor)
+        (epoch, recovery, seq, run), reply = pipe.execute()
+        self._store.observe(epoch, recovery, seq, floor, run)
         read = 0
         for _stream, events in reply or ():
             for event_id, data in events:
@@ -1087,7 +1158,9 @@ class Stores:
     def minter(self, **options: Any) -> Minter:
         """A Minter on these keys and revocations, with the deployment's max ttl unless given."""
         options.setdefault("max_ttl", self.settings.max_ttl)
-        options.setdefault("revocations", self.revocations)
+        # Asked in Redis itself: a replica may not have a revocation made a
+        # moment ago, and the minter looks to date tokens after it.
+        options.setdefault("revocations", self.store)
         return Minter(self.keys, **options)
 
     def verifier(self, **options: Any) -> Verifier:

@@ -269,3 +269,43 @@ def test_an_entry_this_version_cannot_read_fails_closed_in_direct_mode(
     for value in (b"\x95\x01\x02\x03\x04\x05", b"not msgpack at all \xc1", b"\x01"):
         redis_backend.raw.hset(LAYOUT.rv, field, value)
         assert reason(stores, clock, minted.token) is Reason.REVOCATION_UNAVAILABLE, value
+
+
+def test_a_restart_from_an_older_snapshot_is_seen_after_later_writes_too(
+    redis_backend: RedisBackend, mode: str
+) -> None:
+    """Redis comes back from a snapshot older than a revocation, and another process writes at once.
+
+    That write takes the sequence back up to where the verifier knew it,
+    so the sequence alone no longer shows the loss; the record of the
+    server's restarts does. The revoked token is never allowed.
+    """
+    scene = Scene(redis_backend, mode)
+    redis_backend.raw.save()  # the snapshot Redis will come back from
+    victim = mint(scene.admin, scene.clock, user="victor")
+    revoke_token(scene.admin, scene.clock, victim.token_id)
+    eventually(lambda: scene.decide(victim.token) is Reason.REVOKED, what="the verifier sees it")
+
+    redis_backend.server.restart()  # killed: it loads the older snapshot
+    newcomer = redis_backend.open()  # a process that never knew the later state
+    revoke_token(newcomer, scene.clock, "cc" * 16)
+
+    def victim_refused() -> bool:
+        decision = scene.decide(victim.token)
+        assert decision is not Reason.OK, "a revoked token was allowed after the restart"
+        return decision is Reason.REVOCATION_UNAVAILABLE
+
+    eventually(victim_refused, timeout=STALENESS + SLACK, what="the loss is seen")
+    scene.stays_closed(STALENESS + 0.2)
+    scene.admin.store.recover()
+    scene.poll_until_good_is(Reason.OK, RECOVERY, bad_may_pass=True)
+
+
+def test_a_clean_restart_is_not_a_loss(durable_backend: RedisBackend, mode: str) -> None:
+    """A restart that keeps every write (AOF), then new writes: verifiers go on, revocations hold."""
+    scene = Scene(durable_backend, mode)
+    durable_backend.server.restart()
+    revoke_token(durable_backend.open(), scene.clock, "cc" * 16)
+    scene.poll_until_good_is(Reason.OK, RECOVERY)
+    assert scene.decide(scene.bad) is Reason.REVOKED
+    assert len(durable_backend.raw.lrange(LAYOUT.rv_runs, 0, -1)) == 2
