@@ -61,6 +61,29 @@ def parse_audit(text: str) -> AuditTargets:
     return AuditTargets(redis, tuple(jsonl))
 
 
+def audit_writer_mode(settings_writer: str | None, targets: AuditTargets, memory: bool) -> str:
+    """Who writes the trail: `process` or `thread`, as AGENTCAPS_AUDIT_WRITER says, else the default.
+
+    The default is a writer process when the trail writes a real Redis (its
+    sealing and writes then leave the verifying process's GIL), a thread
+    otherwise (memory:// keeps its stream in this process; JSON lines alone,
+    or nothing, cost little).
+
+    Raises:
+        ConfigError: `process` with the memory:// stream, which no other process can reach.
+    """
+    if settings_writer is None:
+        return "process" if targets.redis and not memory else "thread"
+    if settings_writer not in ("process", "thread"):
+        raise ConfigError("AGENTCAPS_AUDIT_WRITER must be process or thread")
+    if settings_writer == "process" and targets.redis and memory:
+        raise ConfigError(
+            "AGENTCAPS_AUDIT_WRITER=process needs AGENTCAPS_REDIS_URL: the memory:// "
+            "audit stream lives in this process, where no writer process can reach it"
+        )
+    return settings_writer
+
+
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where agentcaps keeps local state: $XDG_STATE_HOME/agentcaps, else ~/.local/state/agentcaps."""
     env = os.environ if env is None else env
@@ -195,6 +218,11 @@ class Settings:
     # beyond this many entries are trimmed (approximately, as Redis trims).
     audit_max_age: int = DEFAULT_AUDIT_MAX_AGE
     audit_max_len: int = DEFAULT_AUDIT_MAX_LEN
+    # Who seals and writes audit events (AGENTCAPS_AUDIT_WRITER): "process"
+    # (a writer process fed over a pipe), "thread" (a thread of this
+    # process), or None: a process when the stream is a real Redis, else a
+    # thread (see audit_writer_mode).
+    audit_writer: str | None = None
     # Log lines of `agentcaps serve`: "json" (one object per line) or "text".
     log_format: str = "json"
     # Which requests get an access line: `all`, `errors` (status 400 and up:
@@ -241,6 +269,18 @@ class Settings:
                 raise ConfigError(str(exc)) from None
         audit = env.get("AGENTCAPS_AUDIT") or "redis"
         parse_audit(audit)  # refuse a bad value now, not when the first event is written
+        audit_writer = env.get("AGENTCAPS_AUDIT_WRITER") or None
+        if audit_writer not in (None, "process", "thread"):
+            raise ConfigError("AGENTCAPS_AUDIT_WRITER must be process or thread")
+        if (
+            audit_writer == "process"
+            and not env.get("AGENTCAPS_REDIS_URL")
+            and parse_audit(audit).redis
+        ):
+            raise ConfigError(
+                "AGENTCAPS_AUDIT_WRITER=process needs AGENTCAPS_REDIS_URL: the memory:// "
+                "audit stream lives in this process, where no writer process can reach it"
+            )
         log_format = env.get("AGENTCAPS_LOG_FORMAT") or "json"
         if log_format not in ("json", "text"):
             raise ConfigError("AGENTCAPS_LOG_FORMAT must be json or text")
@@ -269,6 +309,7 @@ class Settings:
                 env, "AGENTCAPS_AUDIT_MAX_AGE", DEFAULT_AUDIT_MAX_AGE, 0, _TEN_YEARS
             ),
             audit_max_len=_int(env, "AGENTCAPS_AUDIT_MAX_LEN", DEFAULT_AUDIT_MAX_LEN, 1000, 10**10),
+            audit_writer=audit_writer,
             log_format=log_format,
             access_log=access_log,
         )

@@ -275,83 +275,19 @@ def _adopt(path: Path) -> int | None:
     return fd
 
 
-class Recorder:
-    """The AuditSink of a process: queue in the caller, seal and write in a background thread.
+class BaseRecorder:
+    """The caller's side every recorder shares (the AuditSink): pack an event, append it to a queue.
 
-    Args:
-        log: where events are kept (None: nowhere; observers still see them).
-        mirrors: logs that get every sealed event as well (JSON lines for log
-            shippers), best effort: a failure is logged and counted, and
-            never holds the log back.
-        spool: the directory for this writer's spool file (None: none; on
-            memory:// the log does not fail).
-        clock: unix time, stamped on each event when it happens.
-        writer: this writer's chain id (default: a fresh one).
-        queue_limit: events held in memory before the caller writes a batch itself.
-        batch_size: events per write.
-        interval: seconds the writer sleeps between rounds (see DEFAULT_INTERVAL).
-        retry_interval: seconds between attempts while the log fails.
+    No lock, no hash, no I/O in the caller: a writer (a thread, or a writer
+    process fed by a thread, see agentcaps.stores.audit_writer) takes the
+    queue from there. A queue past its limit makes the caller call `_spill`.
     """
 
-    def __init__(
-        self,
-        log: AuditLog | None,
-        *,
-        mirrors: Sequence[AuditLog] = (),
-        spool: Path | None = None,
-        clock: Clock = time.time,
-        writer: str | None = None,
-        queue_limit: int = DEFAULT_QUEUE_LIMIT,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        interval: float = DEFAULT_INTERVAL,
-        retry_interval: float = DEFAULT_RETRY_INTERVAL,
-    ) -> None:
-        if queue_limit < batch_size or batch_size < 1:
-            raise ValueError("queue_limit must be at least batch_size, which must be at least 1")
-        self._log = log
-        self._mirrors = tuple(mirrors)
-        self._chain = HashChain(writer)
-        self._spool = Spool(spool, self._chain.writer) if spool is not None else None
+    def __init__(self, *, clock: Clock, queue_limit: int) -> None:
         self._clock = clock
         self._limit = queue_limit
-        self._capacity = queue_limit  # `_limit` drops to -1 at close; this does not
-        self._batch = batch_size
-        self._interval = interval
-        self._retry_interval = retry_interval
         self._queue: deque[Any] = deque()
-        self._lock = threading.RLock()
         self._observers: list[Observer] = []
-        self._stranded: list[Batch] = []  # neither in the log nor in the spool (last resort)
-        self._inflight = 0
-        self._retry_at = 0.0  # monotonic time of the next attempt at the log
-        self._orphans_at = 0.0
-        self._orphans_pending = 0
-        self._closed = False
-        self.written = 0  # events the log took
-        self.spooled = 0  # events that went through the spool
-        self.failures = 0  # writes the log refused
-        self.mirror_errors = 0
-        self.dropped = 0
-        self._wake = threading.Event()
-        self._idle = threading.Event()  # set by the writer after each round of work
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agentcaps-audit", daemon=True)
-        self._thread.start()
-
-    @property
-    def writer(self) -> str:
-        """This writer's chain id."""
-        return self._chain.writer
-
-    @property
-    def closed(self) -> bool:
-        """True once `close` was called."""
-        return self._closed
-
-    @property
-    def enabled(self) -> bool:
-        """Whether events are kept anywhere (a log or a mirror)."""
-        return self._log is not None or bool(self._mirrors)
 
     # -- the caller's side (AuditSink) ----------------------------------------
 
@@ -395,7 +331,163 @@ class Recorder:
         """Call `observer` with every batch of events, in the writer thread (e.g. metrics)."""
         self._observers.append(observer)
 
+    def _spill(self) -> None:
+        raise NotImplementedError
+
+    # -- what /readyz, metrics and the CLI read --------------------------------
+
+    @property
+    def writer(self) -> str:
+        """The chain id of the writer events go to now."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        raise NotImplementedError
+
+    @property
+    def enabled(self) -> bool:
+        """Whether events are kept anywhere (a log or a mirror)."""
+        raise NotImplementedError
+
+    @property
+    def queued(self) -> int:
+        """Events recorded and not yet taken by the writer."""
+        raise NotImplementedError
+
+    @property
+    def spool_pending(self) -> int:
+        """Events waiting in spool files and in memory for the log."""
+        raise NotImplementedError
+
+    @property
+    def held(self) -> int:
+        """Events waiting in memory only: refused by the log, and no spool could take them."""
+        raise NotImplementedError
+
+    @property
+    def pending(self) -> int:
+        """Events recorded but not yet in the log."""
+        raise NotImplementedError
+
+    @property
+    def log_available(self) -> bool:
+        """False while the log is refusing writes."""
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        """Counters for /readyz details and metrics."""
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every event recorded so far is in the log; whether it is. Never raises."""
+        raise NotImplementedError
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the writer; what it cannot write to the log goes to the spool. Idempotent."""
+        raise NotImplementedError
+
+
+class Recorder(BaseRecorder):
+    """The AuditSink of a process: queue in the caller, seal and write in a background thread.
+
+    Args:
+        log: where events are kept (None: nowhere; observers still see them).
+        mirrors: logs that get every sealed event as well (JSON lines for log
+            shippers), best effort: a failure is logged and counted, and
+            never holds the log back.
+        spool: the directory for this writer's spool file (None: none; on
+            memory:// the log does not fail).
+        clock: unix time, stamped on each event when it happens.
+        writer: this writer's chain id (default: a fresh one).
+        queue_limit: events held in memory before the caller writes a batch itself.
+        batch_size: events per write.
+        interval: seconds the writer sleeps between rounds (see DEFAULT_INTERVAL).
+        retry_interval: seconds between attempts while the log fails.
+    """
+
+    def __init__(
+        self,
+        log: AuditLog | None,
+        *,
+        mirrors: Sequence[AuditLog] = (),
+        spool: Path | None = None,
+        clock: Clock = time.time,
+        writer: str | None = None,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        interval: float = DEFAULT_INTERVAL,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+    ) -> None:
+        if queue_limit < batch_size or batch_size < 1:
+            raise ValueError("queue_limit must be at least batch_size, which must be at least 1")
+        super().__init__(clock=clock, queue_limit=queue_limit)
+        self._log = log
+        self._mirrors = tuple(mirrors)
+        self._chain = HashChain(writer)
+        self._spool = Spool(spool, self._chain.writer) if spool is not None else None
+        self._capacity = queue_limit  # `_limit` drops to -1 at close; this does not
+        self._batch = batch_size
+        self._interval = interval
+        self._retry_interval = retry_interval
+        self._lock = threading.RLock()
+        self._stranded: list[Batch] = []  # neither in the log nor in the spool (last resort)
+        self._inflight = 0
+        self._retry_at = 0.0  # monotonic time of the next attempt at the log
+        self._orphans_at = 0.0
+        self._orphans_pending = 0
+        self._closed = False
+        self.written = 0  # events the log took
+        self.spooled = 0  # events that went through the spool
+        self.failures = 0  # writes the log refused
+        self.mirror_errors = 0
+        self.dropped = 0
+        self._wake = threading.Event()
+        self._idle = threading.Event()  # set by the writer after each round of work
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agentcaps-audit", daemon=True)
+        self._thread.start()
+
+    @property
+    def writer(self) -> str:
+        """This writer's chain id."""
+        return self._chain.writer
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
+
+    @property
+    def enabled(self) -> bool:
+        """Whether events are kept anywhere (a log or a mirror)."""
+        return self._log is not None or bool(self._mirrors)
+
     # -- state ---------------------------------------------------------------
+
+    # -- events packed elsewhere (a writer process's input) ---------------------
+
+    def write(self, packed: list[bytes]) -> None:
+        """Seal and store events packed elsewhere (`pack_fields`), now, in the caller's thread.
+
+        On return each of them is in the log, in the spool, or held in
+        memory (`held`): what a writer process acknowledges. Observers do
+        not see them (they saw them where they were recorded).
+
+        Raises:
+            Exception: whatever sealing or the log raised other than
+                StoreUnavailable (the events may then be in no log at all).
+        """
+        with self._lock:
+            for start in range(0, len(packed), self._batch):
+                self._process([(tail,) for tail in packed[start : start + self._batch]], False)
+
+    def enqueue(self, packed: list[bytes]) -> None:
+        """Queue events packed elsewhere, as `record` does (observers do not see them)."""
+        self._queue.extend((tail,) for tail in packed)
+        if len(self._queue) > self._limit:
+            self._spill()
 
     @property
     def queued(self) -> int:
@@ -527,15 +619,16 @@ class Recorder:
         except Exception:  # a verification never fails because its record did
             log.exception("audit: writing a batch from the caller failed")
 
-    def _process(self, items: list[Any]) -> None:
+    def _process(self, items: list[Any], observed: bool = True) -> None:
         """Seal a batch, show it to observers and mirrors, and store it (caller holds the lock)."""
         if not items:
             return
         self._inflight = len(items)
         try:
-            for observer in self._observers:
+            for observer in self._observers if observed else ():
                 try:
-                    observer([item[1:] for item in items])
+                    # Events packed elsewhere (`enqueue`) were observed there.
+                    observer([item[1:] for item in items if len(item) > 1])
                 except Exception:  # metrics must never cost an event
                     log.exception("audit observer failed")
             if not self.enabled:

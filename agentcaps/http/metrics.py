@@ -24,7 +24,7 @@ from starlette.responses import Response
 from agentcaps.audit import AuditKind
 from agentcaps.decision import Reason
 from agentcaps.http.endpoint import Endpoint
-from agentcaps.recorder import Observed, Recorder
+from agentcaps.recorder import BaseRecorder, Observed
 from agentcaps.revocation import RevocationKind
 from agentcaps.stores.redis import ReplicaRevocationStore, Stores
 
@@ -59,7 +59,7 @@ _AUDIT_STATUS: tuple[tuple[type[GaugeMetricFamily | CounterMetricFamily], str, s
 class _State(Collector):
     """Gauges read at scrape time: the audit backlog and the revocation replica."""
 
-    def __init__(self, stores: Stores, recorder: Recorder) -> None:
+    def __init__(self, stores: Stores, recorder: BaseRecorder) -> None:
         self._stores = stores
         self._recorder = recorder
 
@@ -85,7 +85,7 @@ class _State(Collector):
 class Metrics:
     """The service's metrics, in a registry of its own; feed it with `observe` and `request`."""
 
-    def __init__(self, stores: Stores, recorder: Recorder) -> None:
+    def __init__(self, stores: Stores, recorder: BaseRecorder) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.verifications = Counter(

@@ -20,7 +20,7 @@ from agentcaps.http.metrics import Metrics
 from agentcaps.http.rules import Rules
 from agentcaps.mint import Minter
 from agentcaps.policy import PolicedVerifier, Policies, ReloadResult
-from agentcaps.recorder import Recorder
+from agentcaps.recorder import BaseRecorder
 from agentcaps.service_tokens import SERVICE_AUDIENCE, ServiceAuthority
 from agentcaps.stores.audit import AuditTrail, open_audit
 from agentcaps.stores.redis import Stores
@@ -102,7 +102,7 @@ class Service:
 
 
 def _reload_listener(
-    recorder: Recorder, policy: str, clock: Clock
+    recorder: BaseRecorder, policy: str, clock: Clock
 ) -> Callable[[ReloadResult], None]:
     """Records each reload of one policy store (swapped in, or failed)."""
 

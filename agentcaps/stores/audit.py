@@ -46,10 +46,17 @@ from agentcaps.audit import (
     decode,
     key_event,
 )
-from agentcaps.config import Settings, default_state_dir, parse_audit, redact_url
+from agentcaps.config import (
+    Settings,
+    audit_writer_mode,
+    default_state_dir,
+    parse_audit,
+    redact_url,
+)
 from agentcaps.errors import StoreUnavailable
 from agentcaps.keys import RootKey
-from agentcaps.recorder import Recorder
+from agentcaps.recorder import BaseRecorder, Recorder
+from agentcaps.stores.audit_writer import ProcessRecorder, WriterConfig
 from agentcaps.stores.jsonl import JsonLinesLog
 from agentcaps.stores.redis import (
     _ERRORS,
@@ -405,10 +412,12 @@ class AuditTrail:
     """What a process records its audit events with, and reads them from.
 
     `recorder` is the AuditSink to give Verifiers and to record other events
-    with; `log` reads the stream (None when AGENTCAPS_AUDIT leaves Redis out).
+    with (a thread `Recorder`, or a `ProcessRecorder` feeding a writer
+    process: AGENTCAPS_AUDIT_WRITER); `log` reads the stream (None when
+    AGENTCAPS_AUDIT leaves Redis out).
     """
 
-    recorder: Recorder
+    recorder: BaseRecorder
     log: RedisAuditLog | None
     mirrors: list[JsonLinesLog] = field(default_factory=list)
     _closers: list[Callable[[], None]] = field(default_factory=list)
@@ -444,6 +453,34 @@ def open_audit_log(
     ), close
 
 
+# Recorder options a writer process's Recorder takes, and those the feeder takes.
+_WRITER_OPTIONS = ("queue_limit", "batch_size", "interval", "retry_interval")
+_PROCESS_ONLY = ("command", "close_margin")
+_FEEDER_OPTIONS = ("queue_limit", "batch_size", "interval", *_PROCESS_ONLY)
+
+
+def open_writer_recorder(config: WriterConfig) -> tuple[Recorder, list[Callable[[], None]]]:
+    """A writer process's thread Recorder on the targets `config` names (as `open_audit` opens them), and its closers."""
+    closers: list[Callable[[], None]] = []
+    redis_log: RedisAuditLog | None = None
+    if config.redis:
+        client, close = open_client(parse_store_url(config.url), config.timeout)
+        closers.append(close)
+        redis_log = RedisAuditLog(client, max_len=config.max_len, max_age=config.max_age)
+    mirrors = [JsonLinesLog(target) for target in config.jsonl]
+    closers.extend(mirror.close for mirror in mirrors)
+    primary: Any = redis_log
+    rest = mirrors
+    if primary is None and mirrors:
+        primary, rest = mirrors[0], mirrors[1:]
+    options: dict[str, Any] = dict(config.options)
+    for name in ("queue_limit", "batch_size"):
+        if name in options:
+            options[name] = int(options[name])
+    spool = Path(config.spool) if config.spool is not None else None
+    return Recorder(primary, mirrors=rest, spool=spool, **options), closers
+
+
 def open_audit(
     stores: Stores,
     *,
@@ -456,13 +493,19 @@ def open_audit(
     `redis` writes the store's stream (on memory:// an in-process one, with
     no spool); `jsonl:-` or `jsonl:PATH` writes JSON lines; `off` records
     nowhere, though the recorder still feeds its observers (metrics).
-    `options` go to the Recorder (e.g. `retry_interval`).
+    AGENTCAPS_AUDIT_WRITER (`settings.audit_writer`) says who seals and
+    writes: a writer process (`ProcessRecorder`, the default on a real
+    Redis) or a thread of this one (`Recorder`). `options` go to the
+    Recorder (e.g. `retry_interval`; a writer process gets `queue_limit`,
+    `batch_size`, `interval` and `retry_interval`, never `writer`: each
+    writer process starts a chain of its own).
 
     Raises:
-        ConfigError: a bad AGENTCAPS_AUDIT or store URL.
+        ConfigError: a bad AGENTCAPS_AUDIT, AGENTCAPS_AUDIT_WRITER or store URL.
     """
     settings = settings or stores.settings
     targets = parse_audit(settings.audit)
+    mode = audit_writer_mode(settings.audit_writer, targets, stores.memory)
     closers: list[Callable[[], None]] = []
     redis_log: RedisAuditLog | None = None
     spool: Path | None = None
@@ -487,7 +530,28 @@ def open_audit(
         # The record itself: a file it cannot write stops the start, rather
         # than every event being lost (and counted) from the first one on.
         primary.open_now()
-    recorder = Recorder(primary, mirrors=rest, spool=spool, clock=clock, **options)
+
+    recorder_options = {k: v for k, v in options.items() if k not in _PROCESS_ONLY}
+
+    def thread_recorder() -> Recorder:
+        return Recorder(primary, mirrors=rest, spool=spool, clock=clock, **recorder_options)
+
+    recorder: BaseRecorder
+    if mode == "process":
+        config = WriterConfig(
+            url=stores.url,
+            redis=targets.redis,
+            jsonl=targets.jsonl,
+            spool=str(spool) if spool is not None else None,
+            max_len=settings.audit_max_len,
+            max_age=settings.audit_max_age,
+            timeout=max(settings.redis_timeout, 1.0),
+            options={k: float(v) for k, v in options.items() if k in _WRITER_OPTIONS},
+        )
+        process_options = {k: v for k, v in options.items() if k in _FEEDER_OPTIONS}
+        recorder = ProcessRecorder(config, thread_recorder, clock=clock, **process_options)
+    else:
+        recorder = thread_recorder()
 
     def first_use(key: RootKey) -> None:
         # A key made by a mint, not by an operator: recorded here, with the
