@@ -9,7 +9,13 @@ import pytest
 
 import agentcaps
 from agentcaps import ConfigError
-from agentcaps.config import Settings, read_master_key_file, redact_url
+from agentcaps.config import (
+    Settings,
+    audit_writer_mode,
+    parse_audit,
+    read_master_key_file,
+    redact_url,
+)
 from tests.conftest import MASTER_KEY
 
 
@@ -67,3 +73,48 @@ def test_a_url_redis_py_cannot_read_is_refused_without_repeating_it(url: str) ->
     with pytest.raises(ConfigError) as refused:
         agentcaps.connect(url, settings=Settings(master_key=MASTER_KEY))
     assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ["processes", "Thread", "off", "fork"])
+def test_an_audit_writer_other_than_process_or_thread_is_refused(value: str) -> None:
+    """AGENTCAPS_AUDIT_WRITER takes process or thread, nothing else."""
+    with pytest.raises(ConfigError, match="AGENTCAPS_AUDIT_WRITER must be process or thread"):
+        Settings.from_env({"AGENTCAPS_AUDIT_WRITER": value})
+
+
+def test_a_writer_process_for_the_in_process_stream_is_refused() -> None:
+    """memory:// keeps its stream in this process: no writer process can write it."""
+    with pytest.raises(ConfigError, match="needs AGENTCAPS_REDIS_URL"):
+        Settings.from_env({"AGENTCAPS_AUDIT_WRITER": "process"})
+    with pytest.raises(ConfigError, match="needs AGENTCAPS_REDIS_URL"):
+        audit_writer_mode("process", parse_audit("redis"), memory=True)
+
+
+def test_the_audit_writer_is_read_as_given() -> None:
+    """process and thread are taken as given; unset leaves the choice to the default."""
+    url = "redis://127.0.0.1:6379/0"
+    env = {"AGENTCAPS_REDIS_URL": url}
+    assert Settings.from_env({**env, "AGENTCAPS_AUDIT_WRITER": "process"}).audit_writer == "process"
+    assert Settings.from_env({"AGENTCAPS_AUDIT_WRITER": "thread"}).audit_writer == "thread"
+    assert Settings.from_env(env).audit_writer is None
+    jsonl = {"AGENTCAPS_AUDIT": "jsonl:-", "AGENTCAPS_AUDIT_WRITER": "process"}
+    assert Settings.from_env(jsonl).audit_writer == "process"  # JSON lines reach any process
+
+
+@pytest.mark.parametrize(
+    ("setting", "audit", "memory", "mode"),
+    [
+        (None, "redis", False, "process"),
+        (None, "redis,jsonl:-", False, "process"),
+        (None, "redis", True, "thread"),
+        (None, "jsonl:-", False, "thread"),
+        (None, "off", False, "thread"),
+        ("thread", "redis", False, "thread"),
+        ("process", "jsonl:-", True, "process"),
+    ],
+)
+def test_the_default_audit_writer_is_a_process_only_for_a_real_redis(
+    setting: str | None, audit: str, memory: bool, mode: str
+) -> None:
+    """Unset: a writer process when the trail writes a real Redis, a thread otherwise."""
+    assert audit_writer_mode(setting, parse_audit(audit), memory) == mode

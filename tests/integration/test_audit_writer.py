@@ -1,0 +1,236 @@
+"""The audit writer process on a real redis-server: order, chains, a killed writer, Redis down, close, fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentcaps.audit import AuditKind, decode, event
+from agentcaps.recorder import Recorder
+from agentcaps.stores.audit import AuditTrail, RedisAuditLog, open_audit, open_audit_log
+from agentcaps.stores.audit_writer import ProcessRecorder
+from agentcaps.stores.redis import Stores
+from tests.conftest import RedisServer, real_stores
+
+NOW = 1_800_000_000.0
+# A writer that starts and never reads or answers (nor stops for TERM).
+SILENT = (sys.executable, "-c", "import signal, time; signal.signal(15, 1); time.sleep(120)")
+
+
+def numbered(n: int) -> Any:
+    return event(AuditKind.KEY, NOW + n, op="create", key_id="k1", detail=f"e{n}")
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail (not a timing assertion: a generous bound) if it never does."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
+
+
+def details(log: RedisAuditLog) -> list[str]:
+    """Every event's detail in the stream, in stream order."""
+    return [decode(item.body).detail or "" for item in log.scan()]
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+def stores_on(server: RedisServer, spool: Path) -> Stores:
+    return real_stores(server, audit_spool=str(spool))
+
+
+@pytest.fixture
+def trails() -> Iterator[list[AuditTrail]]:
+    """Trails a test opens, closed after it."""
+    opened: list[AuditTrail] = []
+    yield opened
+    for trail in opened:
+        trail.close()
+
+
+def opened(trails: list[AuditTrail], stores: Stores, **options: Any) -> AuditTrail:
+    options.setdefault("retry_interval", 0.05)
+    trail = open_audit(stores, **options)
+    trails.append(trail)
+    return trail
+
+
+def test_events_reach_the_stream_through_a_writer_process_in_order(
+    redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """On a real Redis the default writer is a process; its events arrive in order, chains holding."""
+    trail = opened(trails, stores_on(redis_server, spool))
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    assert recorder.writer_pid not in (None, os.getpid())
+    for n in range(5000):
+        recorder.record(numbered(n))
+    assert recorder.flush(30)
+    assert recorder.pending == 0 and recorder.status()["written"] == 5000
+    assert trail.log is not None
+    assert details(trail.log) == [f"e{n}" for n in range(5000)]
+    report = trail.log.check()
+    assert report.ok and report.checked == 5000
+
+
+def test_a_killed_writer_process_is_replaced_and_no_event_is_lost(
+    redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """SIGKILL with frames sent and not acknowledged: a new writer gets them again (duplicates allowed)."""
+    trail = opened(trails, stores_on(redis_server, spool), interval=0.01)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder) and recorder.writer_pid is not None
+    for n in range(100):
+        recorder.record(numbered(n))
+    assert recorder.flush(30)
+    first = recorder.writer_pid
+    os.kill(first, signal.SIGSTOP)  # frames now go into the pipe, and stay unacknowledged
+    for n in range(100, 3000):
+        recorder.record(numbered(n))
+    wait_until(lambda: recorder._unacked_events == 2900)
+    os.kill(first, signal.SIGKILL)
+    for n in range(3000, 4000):
+        recorder.record(numbered(n))
+    assert recorder.flush(30)
+    assert recorder.writer_pid not in (None, first)
+    assert recorder.status()["writer_restarts"] == 1
+    assert trail.log is not None
+    stored = details(trail.log)
+    assert set(stored) == {f"e{n}" for n in range(4000)}
+    assert trail.log.check().ok
+
+
+def test_events_spooled_by_the_writer_while_redis_is_down_reach_it_when_it_returns(
+    durable_redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """Redis stopped mid-run: the writer process spools, then sends every event once Redis is back."""
+    stores = stores_on(durable_redis_server, spool)
+    trail = opened(trails, stores)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    for n in range(50):
+        recorder.record(numbered(n))
+    assert recorder.flush(30)
+    durable_redis_server.stop()
+    for n in range(50, 250):
+        recorder.record(numbered(n))
+    assert not recorder.flush(5)
+    status = recorder.status()
+    assert status["pending"] == 200 and status["spooled"] == 200 and not status["log_available"]
+    assert any(spool.rglob("*.spool"))
+    durable_redis_server.start()
+    wait_until(lambda: recorder.flush(1))
+    assert trail.log is not None
+    assert sorted(details(trail.log)) == sorted(f"e{n}" for n in range(250))
+    assert trail.log.check().ok
+
+
+def test_a_clean_close_with_redis_down_leaves_the_events_in_the_spool_for_the_next_writer(
+    durable_redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """Closed while Redis is down: nothing is lost; the next writer process adopts the spool file."""
+    stores = stores_on(durable_redis_server, spool)
+    trail = open_audit(stores, retry_interval=0.05)
+    durable_redis_server.stop()
+    for n in range(300):
+        trail.recorder.record(numbered(n))
+    trail.close(timeout=2)
+    assert trail.recorder.pending == 300  # in the spool, as the writer process reported
+    assert any(spool.rglob("*.spool"))
+    durable_redis_server.start()
+    later = opened(trails, stores)
+    assert isinstance(later.recorder, ProcessRecorder)
+    log, close = open_audit_log(stores)
+    try:
+        wait_until(lambda: len(details(log)) >= 300)
+        assert sorted(details(log)) == sorted(f"e{n}" for n in range(300))
+        assert log.check().ok
+    finally:
+        close()
+
+
+def test_a_writer_that_cannot_start_gives_way_to_a_thread_in_this_process(
+    redis_server: RedisServer,
+    spool: Path,
+    trails: list[AuditTrail],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Writers that die at once, several in a row: one error, and a thread Recorder writes everything."""
+    caplog.set_level(logging.ERROR, logger="agentcaps.audit")
+    dead = (sys.executable, "-c", "raise SystemExit(3)")
+    trail = opened(trails, stores_on(redis_server, spool), command=dead, interval=0.01)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    for n in range(1000):
+        recorder.record(numbered(n))
+    assert recorder.flush(30)
+    assert recorder.writer_pid is None and isinstance(recorder._fallback, Recorder)
+    assert trail.log is not None
+    assert details(trail.log) == [f"e{n}" for n in range(1000)]
+    fallbacks = [r for r in caplog.records if "writing audit events in this process" in r.message]
+    assert len(fallbacks) == 1
+
+
+def test_a_writer_that_does_not_finish_on_close_is_killed_and_its_events_written_here(
+    redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """close() kills a writer that does not finish in time; what it had not acknowledged goes through the fallback."""
+    stores = stores_on(redis_server, spool)
+    trail = open_audit(stores, command=SILENT, close_margin=0.5)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    pid = recorder.writer_pid
+    assert pid is not None
+    for n in range(500):
+        recorder.record(numbered(n))
+    trail.close(timeout=0.5)
+    assert recorder.pending == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    log, close = open_audit_log(stores)
+    try:
+        assert details(log) == [f"e{n}" for n in range(500)]
+    finally:
+        close()
+
+
+def test_the_writer_process_ignores_interrupts_so_the_parent_can_flush_through_them(
+    redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """SIGINT and SIGTERM (Ctrl-C reaches the process group) leave the writer running."""
+    trail = opened(trails, stores_on(redis_server, spool))
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    recorder.record(numbered(0))
+    assert recorder.flush(30)  # the writer is up, its handlers set
+    pid = recorder.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    recorder.record(numbered(1))
+    assert recorder.flush(30)
+    assert recorder.writer_pid == pid and recorder.status()["writer_restarts"] == 0
+    assert trail.log is not None and details(trail.log) == ["e0", "e1"]
+
+
+def test_thread_is_used_when_the_setting_says_so(
+    redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """AGENTCAPS_AUDIT_WRITER=thread on a real Redis: the thread Recorder, no writer process."""
+    stores = stores_on(redis_server, spool)
+    settings = dataclasses.replace(stores.settings, audit_writer="thread")
+    trail = opened(trails, stores, settings=settings)
+    assert type(trail.recorder) is Recorder
