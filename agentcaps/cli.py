@@ -215,7 +215,12 @@ def _recording(stores: Stores) -> Iterator[AuditSink | None]:
         return
     from agentcaps.stores.audit import open_audit
 
-    trail = open_audit(stores)
+    settings = stores.settings
+    if settings.audit_writer is None:
+        # A command records an event or two and ends: a writer process of
+        # its own would cost more than it spares.
+        settings = dataclasses.replace(settings, audit_writer="thread")
+    trail = open_audit(stores, settings=settings)
     try:
         yield trail.recorder
     finally:
@@ -593,7 +598,9 @@ def cmd_revocations_recover(args: argparse.Namespace, stores: Stores) -> None:
         "The revocations that were lost stay lost: tokens they revoked verify again until "
         "they expire.\n"
         "Rotate (`agentcaps keys rotate KID`) or revoke (`agentcaps keys revoke KID`) the root "
-        "keys whose tokens must not come back, and revoke again what you know was revoked."
+        "keys whose tokens must not come back, and revoke again what you know was revoked. "
+        "Root keys lost with the data are unknown to every verifier from now on: their "
+        "tokens are denied (unknown_key), and new tokens get new keys."
     )
 
 

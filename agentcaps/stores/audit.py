@@ -549,7 +549,9 @@ def open_audit(
             options={k: float(v) for k, v in options.items() if k in _WRITER_OPTIONS},
         )
         process_options = {k: v for k, v in options.items() if k in _FEEDER_OPTIONS}
-        recorder = ProcessRecorder(config, thread_recorder, clock=clock, **process_options)
+        recorder = ProcessRecorder(
+            config, thread_recorder, clock=clock, log_format=settings.log_format, **process_options
+        )
     else:
         recorder = thread_recorder()
 

@@ -39,6 +39,7 @@ Durability: nothing is dropped silently.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -177,7 +178,9 @@ class _Child:
 
     def __init__(self, command: Sequence[str], config: WriterConfig) -> None:
         ack_read, ack_write = os.pipe()
-        env = dict(os.environ)
+        # Nothing of the deployment's settings: the configuration comes over
+        # the pipe, and the writer has no use for the master key.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCAPS_")}
         # The writer imports the agentcaps this process runs, wherever it came from.
         root = str(Path(agentcaps.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -251,6 +254,7 @@ class ProcessRecorder(BaseRecorder):
         interval: seconds the feeder sleeps between rounds.
         command: how to start the writer (default: this Python, `-m` this module).
         close_margin: seconds `close` waits beyond its timeout for the writer to finish.
+        log_format: the writer's log lines: `json` or `text` (AGENTCAPS_LOG_FORMAT).
     """
 
     def __init__(
@@ -264,13 +268,14 @@ class ProcessRecorder(BaseRecorder):
         interval: float = DEFAULT_INTERVAL,
         command: Sequence[str] | None = None,
         close_margin: float = CLOSE_MARGIN,
+        log_format: str = "text",
     ) -> None:
         if queue_limit < batch_size or batch_size < 1:
             raise ValueError("queue_limit must be at least batch_size, which must be at least 1")
         super().__init__(clock=clock, queue_limit=queue_limit)
         self._config = config
         self._make_fallback = fallback
-        self._command = list(command or (sys.executable, "-m", MODULE))
+        self._command = [*(command or (sys.executable, "-m", MODULE)), "--log-format", log_format]
         self._close_margin = close_margin
         self._batch = batch_size
         self._interval = interval
@@ -700,21 +705,28 @@ def serve(input_fd: int, status_fd: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m agentcaps.stores.audit_writer --status-fd N`: a writer process (see the module)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2 or args[0] != "--status-fd":
-        print("usage: python -m agentcaps.stores.audit_writer --status-fd N", file=sys.stderr)
-        return 2
+    """`python -m agentcaps.stores.audit_writer [--log-format json|text] --status-fd N`: a writer process."""
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}")
+    parser.add_argument("--status-fd", type=int, required=True)
+    parser.add_argument("--log-format", choices=("json", "text"), default="text")
+    args = parser.parse_args(argv)
     # Ctrl-C and a service manager's TERM reach the whole process group: the
     # parent flushes through them, and ends this process by closing its input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s agentcaps audit writer[{os.getpid()}]: %(message)s",
-    )
-    return serve(sys.stdin.fileno(), int(args[1]))
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        from agentcaps.http.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)s agentcaps audit writer[{os.getpid()}]: %(message)s"
+            )
+        )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    return serve(sys.stdin.fileno(), args.status_fd)
 
 
 if __name__ == "__main__":

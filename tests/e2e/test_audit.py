@@ -275,7 +275,8 @@ def test_events_made_while_redis_is_down_reach_it_when_it_returns(
         assert len({e["id"] for e in down}) == made  # none twice
         checked = run_cli("audit", "verify", env=d.env)
         assert checked.returncode == 0, checked.stdout
-        assert not any((tmp_path / "spool").rglob("*.spool"))
+        # Spool files may stay (emptied, the writer's own) but hold nothing.
+        assert all(f.stat().st_size == 0 for f in (tmp_path / "spool").rglob("*.spool"))
     finally:
         d.http.close()
         d.service.stop()

@@ -234,3 +234,22 @@ def test_thread_is_used_when_the_setting_says_so(
     settings = dataclasses.replace(stores.settings, audit_writer="thread")
     trail = opened(trails, stores, settings=settings)
     assert type(trail.recorder) is Recorder
+
+
+def test_the_writer_process_gets_no_deployment_secrets_and_logs_as_the_service_does(
+    redis_server: RedisServer,
+    spool: Path,
+    trails: list[AuditTrail],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its configuration comes over the pipe: no AGENTCAPS_* (the master key) in its environment or argv."""
+    monkeypatch.setenv("AGENTCAPS_MASTER_KEY", "aa" * 32)
+    stores = real_stores(redis_server, audit_spool=str(spool), log_format="json")
+    trail = opened(trails, stores)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder) and recorder.writer_pid is not None
+    environ = Path(f"/proc/{recorder.writer_pid}/environ").read_bytes().split(b"\0")
+    assert not [v for v in environ if v.startswith(b"AGENTCAPS_")]
+    argv = Path(f"/proc/{recorder.writer_pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--log-format" in argv and b"json" in argv
+    assert not [a for a in argv if b"redis://" in a]
