@@ -85,6 +85,7 @@ class MintGrant:
                 "user": self.user,
                 "agent": self.agent,
                 "resources": list(self.resources),
+                "areas": areas(self.resources),
                 "actions": list(self.actions),
                 "purposes": list(self.purposes),
                 "audience": list(self.audience or ()),
@@ -93,6 +94,18 @@ class MintGrant:
             },
             "parents": [],
         }
+
+
+def areas(resources: Sequence[str]) -> list[str]:
+    """The top-level areas resource patterns reach: each one's first segment, `*` for a wildcard.
+
+    A forbid over globs only catches the spellings it lists (`**/**` is not
+    `**`, `hr/*/**` not `hr/**`); a forbid over areas catches them all,
+    since a wildcard is always a whole segment.
+    """
+    return sorted(
+        {"*" if (first := glob.split("/", 1)[0]) in ("*", "**") else first for glob in resources}
+    )
 
 
 def mint_request(

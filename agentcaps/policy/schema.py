@@ -37,6 +37,9 @@ entity Grant = {
   user: String,
   agent: String,
   resources: Set<String>,
+  // the first segment of each resource pattern, "*" for one that starts
+  // with a wildcard (it can reach any top-level area): what forbids match
+  areas: Set<String>,
   actions: Set<String>,
   purposes: Set<String>,
   audience: Set<String>,

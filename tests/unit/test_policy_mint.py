@@ -17,8 +17,9 @@ from agentcaps.policy import (
     PolicyError,
     default_mint_policy,
 )
-from agentcaps.policy.mint import mint_request
+from agentcaps.policy.mint import areas, mint_request
 from agentcaps.policy.schema import PolicyKind
+from agentcaps.policy.store import PolicyStore
 
 NOW = 1_800_000_000
 GRANT = MintGrant(
@@ -56,6 +57,7 @@ def test_mint_request_is_principal_action_grant_with_attributes_and_now():
         "user": "alice",
         "agent": "planner",
         "resources": ["crm/**"],
+        "areas": ["crm"],
         "actions": ["read"],
         "purposes": ["sync"],
         "audience": ["gw"],
@@ -219,3 +221,20 @@ def test_missing_folder_is_a_policy_error(tmp_path):
     """A policy folder that does not exist cannot be loaded, and says which folder."""
     with pytest.raises(PolicyError, match="no such policy folder"):
         PolicyEngine.from_dir(tmp_path / "nope")
+
+
+def test_areas_name_each_patterns_top_level_area_and_a_wildcard_as_star():
+    """`resource.areas`: a forbid over it catches every spelling of a glob, as one over globs cannot."""
+    assert areas(["crm/**", "hr/cases/*", "crm/deals/*"]) == ["crm", "hr"]
+    for catch_all in (["**"], ["**/**"], ["*/**"], ["**/*"], ["*/contacts/*"]):
+        assert areas(catch_all) == ["*"]
+    forbid = (
+        '@id("no-hr") forbid (principal, action, resource) when { resource.areas.contains("hr") };'
+    )
+    engine = PolicyEngine(
+        PolicyStore.from_text(default_mint_policy(3600) + "\n" + forbid, PolicyKind.MINT)
+    )
+    for spelling in ("hr/**", "hr/*/**", "hr/cases/*/x"):
+        grant = dataclasses.replace(GRANT, resources=("crm/**", spelling))
+        assert not engine.authorize_mint(ADMIN, grant, NOW).allowed
+    assert engine.authorize_mint(ADMIN, GRANT, NOW).allowed
