@@ -124,6 +124,41 @@ def _scope_caveats(
     return out
 
 
+# The caveats of a freshly minted token, in the order `Minter.plan` writes them.
+_MINTED_ORDER = {
+    code: rank
+    for rank, code in enumerate(
+        (
+            cv.Principal.code,
+            cv.Agent.code,
+            cv.Resources.code,
+            cv.Actions.code,
+            cv.Purposes.code,
+            cv.Audience.code,
+            cv.Expires.code,
+            cv.NotBefore.code,
+            cv.MaxDelegations.code,
+        )
+    )
+}
+
+
+def as_minted(caveats: Sequence[cv.Caveat]) -> bool:
+    """Whether these caveats are a minted token's, with nothing added since (as far as can be told).
+
+    `Minter.plan` writes each kind once, in one order, with the expiry
+    after the scope; `attenuate` appends after it. So a narrowed copy shows,
+    unless all it added is a delegation limit the token was minted without.
+    """
+    last = -1
+    for caveat in caveats:
+        rank = _MINTED_ORDER.get(caveat.code)
+        if rank is None or rank <= last:
+            return False
+        last = rank
+    return True
+
+
 class Minter:
     """Mints tokens with the active root key of the customer they are for.
 

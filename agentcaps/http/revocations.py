@@ -16,12 +16,13 @@ from starlette.responses import Response
 from agentcaps.audit import key_revocation_events, revocation_event
 from agentcaps.claims import decode_unverified
 from agentcaps.decision import Reason
-from agentcaps.errors import InvalidToken, StoreUnavailable, refusal
+from agentcaps.errors import InvalidToken, NotAllowed, StoreUnavailable, refusal
 from agentcaps.http.body import parse
 from agentcaps.http.endpoint import Endpoint, respond
 from agentcaps.http.models import RevocationList, RevocationRequest, RevocationResponse
 from agentcaps.http.service import Service, service_of
 from agentcaps.http.tokens import required_bearer
+from agentcaps.mint import as_minted
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 from agentcaps.service_tokens import admin_resource, caller, customer_resource
 
@@ -41,10 +42,20 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
             raise StoreUnavailable("the key store did not answer")
         if target.reason is not Reason.OK:
             raise InvalidToken(f"token: not an authentic token ({target.reason})", target.reason)
+        unverified = decode_unverified(body.token)
         if itself:
             current = authority.authenticate(body.token, in_force=True)
             if current.reason is not Reason.OK:
                 raise refusal(current)
+            if not target.delegation_ids and not as_minted(unverified.caveats):
+                # Its token id is the original's: revoking it would revoke
+                # the token it was narrowed from, and every delegation below.
+                raise NotAllowed(
+                    "a copy narrowed without a delegation cannot revoke itself: it shares its "
+                    "token id with the token it came from, which that would revoke. Revoke "
+                    "with that token, or hand copies on with delegate_to",
+                    Reason.RESOURCE_DENIED,
+                )
             by = caller(target)
         else:
             assert target.customer is not None  # authentic tokens have a principal
@@ -54,7 +65,7 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
                 )
             )
         revocation = revocation_for(
-            decode_unverified(body.token),
+            unverified,
             revoked_at=now,
             max_lifetime=settings.max_lifetime,
             reason=body.reason,

@@ -44,6 +44,32 @@ def test_a_token_revokes_itself_only_while_it_is_in_force(api: Api) -> None:
     assert reason(api, parent) == "revoked"
 
 
+def test_a_copy_narrowed_without_a_delegation_cannot_revoke_its_original(api: Api) -> None:
+    """What AgentcapsAuth.narrow sends to an API: that API cannot kill the agent's whole token with it."""
+    parent = api.agent_token()
+    child = agentcaps.attenuate(parent, delegate_to="fetcher")
+    for copy in (
+        agentcaps.attenuate(
+            parent,
+            resources=["crm/contacts/42"],
+            actions=["read"],
+            expires_at=int(api.clock()) + 30,
+        ),
+        agentcaps.attenuate(parent, audience=["gateway"]),
+    ):
+        response = api.post("/v1/revocations", {"token": copy}, copy)
+        assert assert_error(response, 403)["reason"] == "resource_denied"
+        assert "delegate_to" in response.json()["detail"]
+    assert (reason(api, parent), reason(api, child)) == ("ok", "ok")
+    # A copy handed on with a delegation revokes its own branch only.
+    narrowed_child = agentcaps.attenuate(child, resources=["crm/contacts/42"])
+    assert (
+        api.post("/v1/revocations", {"token": narrowed_child}, narrowed_child).json()["kind"]
+        == "branch"
+    )
+    assert (reason(api, parent), reason(api, child)) == ("ok", "revoked")
+
+
 def test_a_delegated_token_revokes_its_branch_not_its_parent(api: Api) -> None:
     """A delegated token revoking itself revokes its delegation branch; the parent stays allowed."""
     parent = api.agent_token()

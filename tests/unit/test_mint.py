@@ -377,3 +377,26 @@ def test_attenuate_rejects_an_oversized_token():
     """attenuate applies the size limits before parsing."""
     with pytest.raises(TokenTooLarge):
         agentcaps.attenuate("agc_" + "A" * 20_000, actions=["read"])
+
+
+def test_as_minted_tells_a_minted_token_from_a_narrowed_copy(minter):
+    """Each kind once, in the minter's order: minted; anything attenuate appends (but a lone delegation limit) shows."""
+    from agentcaps.claims import decode_unverified
+    from agentcaps.mint import as_minted
+
+    def caveats(token: str):
+        return decode_unverified(token).caveats
+
+    plain = minter.mint(**SCOPE)
+    full = minter.mint(**SCOPE, audience=["gw"], not_before=1_800_000_000, max_delegations=2)
+    assert as_minted(caveats(plain)) and as_minted(caveats(full))
+    for narrowed in (
+        agentcaps.attenuate(plain, resources=["crm/contacts/*"]),
+        agentcaps.attenuate(plain, ttl=10),
+        agentcaps.attenuate(plain, audience=["gw"]),
+        agentcaps.attenuate(plain, delegate_to="fetcher"),
+        agentcaps.attenuate(full, max_delegations=1),
+    ):
+        assert not as_minted(caveats(narrowed))
+    # The one copy that cannot be told apart: a limit added to a token minted without one.
+    assert as_minted(caveats(agentcaps.attenuate(plain, max_delegations=1)))
