@@ -478,6 +478,8 @@ def revocation_event(
         fields_["customer"], fields_["user"] = subject
     elif kind is RevocationKind.AGENT:
         fields_["agent"] = subject[0]
+    elif kind is RevocationKind.CUSTOMER_AGENT:
+        fields_["customer"], fields_["agent"] = subject
     return event(
         AuditKind.REVOKE,
         when,

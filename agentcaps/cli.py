@@ -524,6 +524,13 @@ def remote_verify(args: argparse.Namespace, client: ServiceClient) -> int:
 def check_revoke(args: argparse.Namespace) -> None:
     if args.user is not None and args.customer is None:
         raise UsageError("--user goes with --customer (see `agentcaps revoke --help`)")
+    others = (args.token, args.token_id, args.delegation_id, args.key)
+    if args.agent is not None and (args.user is not None or any(o is not None for o in others)):
+        raise UsageError("--agent goes alone, or with --customer (see `agentcaps revoke --help`)")
+    if args.agent is None and args.customer is None and all(o is None for o in others):
+        raise UsageError(
+            "say what to revoke: --token, --token-id, --delegation-id, --key, --customer or --agent"
+        )
 
 
 def cmd_revoke(args: argparse.Namespace, stores: Stores) -> None:
@@ -558,6 +565,8 @@ def _revoke(args: argparse.Namespace, stores: Stores, recorder: AuditSink | None
             kind, subject = RevocationKind.DELEGATION, (args.delegation_id.strip().lower(),)
         elif args.user is not None:
             kind, subject = RevocationKind.USER, (args.customer, args.user)
+        elif args.customer is not None and args.agent is not None:
+            kind, subject = RevocationKind.CUSTOMER_AGENT, (args.customer, args.agent)
         elif args.customer is not None:
             kind, subject = RevocationKind.CUSTOMER, (args.customer,)
         else:
@@ -1162,7 +1171,7 @@ def build_parser() -> argparse.ArgumentParser:
         _store_command(cmd_revoke, check_revoke, remote=remote_revoke),
         parents=[store, service],
     )
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_mutually_exclusive_group()
     what.add_argument(
         "--token", metavar="TOKEN", help="this token and everything derived from it (- reads stdin)"
     )
@@ -1176,10 +1185,14 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--customer",
         metavar="C",
-        help="every token issued so far for a customer (with --user: for one user)",
+        help="every token issued so far for a customer (with --user or --agent: for one user, "
+        "or one agent name of it)",
     )
-    what.add_argument(
-        "--agent", metavar="A", help="every token issued so far that names this agent as a holder"
+    p.add_argument(
+        "--agent",
+        metavar="A",
+        help="every token issued so far that names this agent as a holder: in every customer, "
+        "or with --customer in that one",
     )
     p.add_argument("--user", metavar="U", help="with --customer: only this user's tokens")
     p.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit trail")

@@ -45,6 +45,9 @@ class RevocationKind(StrEnum):
     CUSTOMER = "customer"
     USER = "user"
     AGENT = "agent"
+    # An agent name within one customer: what that customer's issuers may
+    # revoke (agent names are each customer's own choice; AGENT is global).
+    CUSTOMER_AGENT = "customer_agent"
 
 
 _TAG = {
@@ -55,12 +58,14 @@ _TAG = {
     RevocationKind.CUSTOMER: b"c",
     RevocationKind.USER: b"u",
     RevocationKind.AGENT: b"a",
+    RevocationKind.CUSTOMER_AGENT: b"g",
 }
 _KIND = {tag[0]: kind for kind, tag in _TAG.items()}
 # Entries of these kinds deny outright; the others only tokens issued before.
 _ABSOLUTE_TAGS = frozenset(b"ktdb")
 _IDS = (RevocationKind.TOKEN, RevocationKind.DELEGATION, RevocationKind.BRANCH)
 _BRANCH_TAG = _TAG[RevocationKind.BRANCH][0]
+_CUSTOMER_AGENT_TAG = _TAG[RevocationKind.CUSTOMER_AGENT][0]
 _ID_BYTES = 16
 
 
@@ -76,10 +81,13 @@ class TokenFacts(NamedTuple):
     holders: tuple[str, ...]
 
 
-def _since_fields(facts: TokenFacts) -> list[bytes]:
+def _since_fields(facts: TokenFacts, scoped_agents: bool = True) -> list[bytes]:
     customer = facts.customer.encode()
     fields = [b"c" + customer, b"u" + customer + _SEP + facts.user.encode()]
-    fields.extend(b"a" + h.encode() for h in dict.fromkeys(facts.holders))
+    holders = [h.encode() for h in dict.fromkeys(facts.holders)]
+    fields.extend(b"a" + h for h in holders)
+    if scoped_agents:
+        fields.extend(b"g" + customer + _SEP + h for h in holders)
     return fields
 
 
@@ -122,7 +130,7 @@ class Revocation:
             right = 2 <= len(self.subject) <= 1 + cv.MAX_LIST_ITEMS
             what = "a token id and the delegation ids down to the branch"
         else:
-            arity = 2 if self.kind is RevocationKind.USER else 1
+            arity = 2 if self.kind in (RevocationKind.USER, RevocationKind.CUSTOMER_AGENT) else 1
             right = len(self.subject) == arity
             what = f"{arity} non-empty value(s)"
         if not right or not all(isinstance(s, str) and s for s in self.subject):
@@ -181,6 +189,7 @@ class Revocation:
             RevocationKind.CUSTOMER: ("customer",),
             RevocationKind.USER: ("customer", "user"),
             RevocationKind.AGENT: ("agent",),
+            RevocationKind.CUSTOMER_AGENT: ("customer", "agent"),
         }[self.kind]
         out.update(zip(names, self.subject))
         out.update(
@@ -229,7 +238,7 @@ class RevocationIndex:
     user and agent lookups entirely while there are none of those.
     """
 
-    __slots__ = ("_absolute", "_branches", "_instants", "_since")
+    __slots__ = ("_absolute", "_branches", "_customer_agents", "_instants", "_since")
     local = True  # a check is a few dict lookups in this process
 
     def __init__(self) -> None:
@@ -243,6 +252,7 @@ class RevocationIndex:
         # Whether any branch entry was ever added: a token's branch fields are
         # built only then (most deployments revoke by token id or key).
         self._branches = False
+        self._customer_agents = False  # the same, for one customer's agent entries
 
     def __len__(self) -> int:
         return len(self._absolute) + len(self._since)
@@ -264,6 +274,7 @@ class RevocationIndex:
             if self._absolute.get(field, -1) < expires_at:
                 self._absolute[field] = expires_at
         else:
+            self._customer_agents = self._customer_agents or field[0] == _CUSTOMER_AGENT_TAG
             current = self._since.get(field)
             if current is None or current < (revoked_at, expires_at):
                 self._since[field] = (revoked_at, expires_at)
@@ -282,6 +293,7 @@ class RevocationIndex:
         # each kind, never a half-built one.
         self._absolute, self._since = fresh._absolute, fresh._since
         self._instants, self._branches = fresh._instants, fresh._branches
+        self._customer_agents = fresh._customer_agents
 
     def prune(self, now: float) -> int:
         """Forget entries that can no longer touch a valid token; return how many."""
@@ -311,7 +323,7 @@ class RevocationIndex:
                         return Reason.REVOKED
         since = self._since
         if since:
-            for field in _since_fields(facts):
+            for field in _since_fields(facts, self._customer_agents):
                 entry = since.get(field)
                 if entry is not None and facts.iat <= entry[0]:
                     return Reason.REVOKED

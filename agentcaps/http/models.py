@@ -179,7 +179,7 @@ _TARGETS = ("token", "token_id", "delegation_id", "key_id", "customer", "agent")
 
 class RevocationRequest(Request):
     """Revoke one thing: give exactly one of token, token_id, delegation_id, key_id, customer
-    (with user: one user of it) or agent."""
+    (with user: one user of it; with agent: one agent name of it) or agent (in every customer)."""
 
     token: Token | None = Field(None, description="this token and everything derived from it")
     token_id: HexId | None = None
@@ -187,16 +187,24 @@ class RevocationRequest(Request):
     key_id: Name | None = None
     customer: Name | None = None
     user: Name | None = Field(None, description="with customer: only this user's tokens")
-    agent: Name | None = None
+    agent: Name | None = Field(
+        None,
+        description="tokens naming this agent as a holder: with customer, that customer's only; "
+        "alone, every customer's (admins only)",
+    )
     reason: Why = ""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RevocationRequest:
         given = [name for name in _TARGETS if getattr(self, name) is not None]
+        if given == ["customer", "agent"]:
+            given = ["customer"]  # one agent name of one customer
         if len(given) != 1:
             raise ValueError("give exactly one of " + ", ".join(_TARGETS))
         if self.user is not None and self.customer is None:
             raise ValueError("user goes with customer")
+        if self.user is not None and self.agent is not None:
+            raise ValueError("give user or agent with customer, not both")
         return self
 
 

@@ -3,8 +3,9 @@
 `{"token": T}` revokes T and everything derived from it (its last delegation
 branch, else its token id). It is allowed to T itself while T is in force
 (any token may revoke itself), to an admin, and to an issuer of T's
-customer. Revoking by token id, delegation id, key id or agent is for
-admins; by customer (and user), for admins and that customer's issuers.
+customer. Revoking by token id, delegation id, key id or agent (in every
+customer) is for admins; by customer (and user, or agent), for admins and
+that customer's issuers.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
         )
         if body.user is not None:
             kind, subject = RevocationKind.USER, (body.customer, body.user)
+        elif body.agent is not None:
+            kind, subject = RevocationKind.CUSTOMER_AGENT, (body.customer, body.agent)
         else:
             kind, subject = RevocationKind.CUSTOMER, (body.customer,)
         return _recorded(

@@ -174,7 +174,7 @@ if old then
   local r0, e0 = times(old)
   local r1, e1 = times(ARGV[3])
   local tag = string.sub(ARGV[2], 1, 1)
-  if tag == 'c' or tag == 'u' or tag == 'a' then
+  if tag == 'c' or tag == 'u' or tag == 'a' or tag == 'g' then
     kept = r0 > r1 or (r0 == r1 and e0 >= e1)
   else
     kept = e0 >= e1

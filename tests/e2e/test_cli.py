@@ -161,7 +161,9 @@ def test_attenuate_refuses_a_time_without_a_zone(stores: Stores) -> None:
         (("inspect", "-"), 2, "stdin is empty"),
         (("frobnicate",), 2, "invalid choice"),
         (("verify", "agc_AAAA", "--resource", "x"), 2, "--action"),
-        (("revoke", "--user", "bob"), 2, "one of the arguments"),
+        (("revoke", "--user", "bob"), 2, "--user goes with --customer"),
+        (("revoke",), 2, "say what to revoke"),
+        (("revoke", "--agent", "x", "--key", "k1"), 2, "--agent goes alone, or with --customer"),
         (("revoke", "--agent", "x", "--user", "bob"), 2, "--user goes with --customer"),
         (("revoke", "--customer", "acme", "--user", "bob", "--redis", "redis://127.0.0.1:9"), 1, "master key"),
         (("doctor", "http://x"), 1, "store URL"),
@@ -368,6 +370,8 @@ def test_revoke_user_customer_and_agent_record_what_they_touch(store_env: dict[s
     assert user == {**user, "kind": "user", "customer": "acme", "user": "alice"}  # type: ignore[dict-item]
     assert ok_json(cli("revoke", "--customer", "globex", env=store_env))["kind"] == "customer"  # type: ignore[index]
     assert ok_json(cli("revoke", "--agent", "rogue", env=store_env))["kind"] == "agent"  # type: ignore[index]
+    scoped = ok_json(cli("revoke", "--customer", "globex", "--agent", "planner", env=store_env))
+    assert scoped == {**scoped, "kind": "customer_agent", "customer": "globex", "agent": "planner"}  # type: ignore[dict-item]
     result = cli("verify", token, "--resource", "crm/x", "--action", "read", env=store_env)
     assert result.returncode == 1 and json.loads(result.stdout)["reason"] == "revoked"
 

@@ -142,6 +142,26 @@ def test_a_token_minted_in_the_second_of_a_revocation_is_not_born_revoked(api: A
     assert later["issued_at"] == now + 5
 
 
+def test_an_issuer_revokes_its_customers_agent_and_no_other_customers(api: Api) -> None:
+    """{"customer", "agent"}: an issuer of acme takes acme's "assistant", not globex's, and cannot reach globex's."""
+    acme = api.agent_token(agent="assistant")
+    globex = api.agent_token(customer="globex", agent="assistant")
+    assert_error(
+        api.post(
+            "/v1/revocations", {"customer": "acme", "agent": "assistant"}, api.issuer("globex")
+        ),
+        403,
+    )
+    assert_error(api.post("/v1/revocations", {"agent": "assistant"}, api.issuer("acme")), 403)
+    stored = api.post(
+        "/v1/revocations", {"customer": "acme", "agent": "assistant"}, api.issuer("acme")
+    ).json()
+    assert stored["kind"] == "customer_agent" and stored["customer"] == "acme"
+    assert (reason(api, acme), reason(api, globex)) == ("revoked", "ok")
+    body = {"customer": "acme", "user": "alice", "agent": "assistant"}
+    assert_error(api.post("/v1/revocations", body, api.admin), 422)
+
+
 def test_each_kind_of_revocation_takes_effect(api: Api) -> None:
     """token_id, delegation_id, customer, user, agent and key_id revocations each deny their tokens."""
     admin = api.admin
@@ -183,7 +203,14 @@ def test_each_kind_of_revocation_takes_effect(api: Api) -> None:
 
 def test_a_revocation_names_exactly_one_target(api: Api) -> None:
     """Zero or two targets, or a user without a customer, are 422 invalid_request."""
-    for body in ({}, {"agent": "a", "customer": "c"}, {"user": "alice"}, {"reason": "x"}):
+    bodies = (
+        {},
+        {"agent": "a", "token_id": "ab" * 16},
+        {"customer": "c", "key_id": "k1"},
+        {"user": "alice"},
+        {"reason": "x"},
+    )
+    for body in bodies:
         assert_error(api.post("/v1/revocations", body, api.admin), 422, "invalid_request")
 
 

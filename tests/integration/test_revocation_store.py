@@ -212,6 +212,27 @@ class RevocationStoreContract:
         clock.advance(1)
         assert reason(stores, clock, mint(stores, clock, agent="fetcher").token) is Reason.OK
 
+    def test_revoking_an_agent_of_one_customer_spares_other_customers_agents_of_that_name(
+        self, backend: Backend, stores: Stores
+    ) -> None:
+        """A customer's agent revocation denies that customer's tokens naming it; globex's agent of the same name passes."""
+        clock = backend.clock
+        acme = mint(stores, clock, agent="assistant").token
+        through = attenuate(mint(stores, clock).token, delegate_to="assistant", clock=clock)
+        globex = mint(stores, clock, customer="globex", agent="assistant").token
+        other = mint(stores, clock, agent="mailer").token
+        revoke(stores, clock, RevocationKind.CUSTOMER_AGENT, "acme", "assistant")
+        for token in (acme, through):
+            self.expect(backend, stores, token, Reason.REVOKED)
+        for token in (globex, other):
+            assert reason(stores, clock, token) is Reason.OK
+        clock.advance(1)
+        assert reason(stores, clock, mint(stores, clock, agent="assistant").token) is Reason.OK
+        (listed,) = [
+            r for r in stores.revocations.list() if r.kind is RevocationKind.CUSTOMER_AGENT
+        ]
+        assert listed.to_dict()["customer"] == "acme" and listed.to_dict()["agent"] == "assistant"
+
     def test_a_revocation_written_elsewhere_reaches_this_verifier(
         self, backend: Backend, stores: Stores
     ) -> None:

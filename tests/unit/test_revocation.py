@@ -125,6 +125,9 @@ def test_fields_for_lists_every_field_that_could_touch_the_token():
         entry(RevocationKind.AGENT, "planner"),
         entry(RevocationKind.AGENT, "fetcher"),
         entry(RevocationKind.AGENT, "tool"),
+        entry(RevocationKind.CUSTOMER_AGENT, "acme", "planner"),
+        entry(RevocationKind.CUSTOMER_AGENT, "acme", "fetcher"),
+        entry(RevocationKind.CUSTOMER_AGENT, "acme", "tool"),
     ]
     assert sorted(fields_for(FACTS)) == sorted(r.field() for r in touching)
 
