@@ -137,18 +137,23 @@ class Layout:
 # keeps it: for a customer, user or agent the later revocation time (it covers
 # more tokens), else the later expiry. Writes can land out of order (issuers'
 # clocks differ); last-write-wins would move a revocation back in time.
-# The first write under a new server process (a restart, a failover) notes
-# that process's run id and the sequence it started from in rv:runs: a
-# restart from an older state shows there even after later writes have
-# brought the sequence back up (EpochWatch).
+# The first write under a new server (a restart, a failover, a dataset
+# loaded into a running server: its run id or its replication id changes)
+# notes the server and the sequence it started from in rv:runs, and every
+# write says which server took it: a start from an older state shows there
+# even after later writes have brought the sequence back up (EpochWatch).
 #   KEYS: rv, rv:expiry, rv:meta, rv:events, rv:runs
 #   ARGV: epoch, field, value, expires_at, now, stream maxlen, prune limit
 _RECORD = """
 local epoch = redis.call('HGET', KEYS[3], 'epoch')
 if not epoch then return redis.error_reply('AGENTCAPS_NO_EPOCH') end
 if epoch ~= ARGV[1] then return redis.error_reply('AGENTCAPS_EPOCH_CHANGED') end
-local info = redis.pcall('INFO', 'server')
-local run = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or nil
+local run = nil
+local server, repl = redis.pcall('INFO', 'server'), redis.pcall('INFO', 'replication')
+if type(server) == 'string' and type(repl) == 'string' then
+  local id, replid = string.match(server, 'run_id:(%x+)'), string.match(repl, 'master_replid:(%x+)')
+  if id and replid then run = id .. '.' .. replid end
+end
 if run and redis.call('HGET', KEYS[3], 'run') ~= run then
   redis.call('RPUSH', KEYS[5], run .. ':' .. (redis.call('HGET', KEYS[3], 'seq') or '0'))
   redis.call('LTRIM', KEYS[5], -64, -1)
@@ -185,7 +190,7 @@ if not kept then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
 end
 local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'seq', seq, 'field', ARGV[2], 'value', ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'seq', seq, 'field', ARGV[2], 'value', ARGV[3], 'run', run or '')
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[5], 'LIMIT', 0, ARGV[7])
 for _, f in ipairs(expired) do
   redis.call('HDEL', KEYS[1], f)
@@ -193,7 +198,7 @@ for _, f in ipairs(expired) do
 end
 """
 
-_REVOKE_SCRIPT = _RECORD + "return seq\n"
+_REVOKE_SCRIPT = _RECORD + "return {seq, run or ''}\n"
 
 # Revoking a root key: its record says so for good, it stops being anyone's
 # active key, and a revocation entry reaches every verifier (key_revoked).
@@ -207,7 +212,7 @@ if redis.call('EXISTS', KEYS[6]) == 0 then return redis.error_reply('AGENTCAPS_U
     + """
 redis.call('HSET', KEYS[6], 'state', 'revoked')
 if redis.call('HGET', KEYS[7], ARGV[8]) == ARGV[2]:sub(2) then redis.call('HDEL', KEYS[7], ARGV[8]) end
-return seq
+return {seq, run or ''}
 """
 )
 
@@ -256,7 +261,8 @@ class EpochWatch:
         self.epoch: bytes | None = None
         self.recovered = 0  # the recovery time of the epoch we follow (0: not a recovery)
         self.seq = 0
-        self.run: bytes | None = None  # the server process `seq` was last confirmed under
+        self.run: bytes | None = None  # the server the store was last read from
+        self.run_seq = 0  # the highest sequence known to have been on that server
         self.lost: str | None = None
         self._lock = threading.Lock()
         self._on_recovery: list[Callable[[], None]] = []
@@ -273,21 +279,27 @@ class EpochWatch:
         floor: int,
         run: bytes | None = None,
         restarted_from: int | None = None,
+        since_run: bytes | None = None,
     ) -> None:
         """Check one reading of rv:meta. Raises RevocationStateLost.
 
         `floor` is the sequence this process knew when it sent the read: a
         reading can lag writes that finished after it was sent, never before.
-        `run` is the server process that last wrote; when it is not the one
-        this process knew, `restarted_from` is the lowest sequence any server
-        process started from since (-1: the record does not reach back that
-        far). A restart from below `floor` lost revocations, however far
-        later writes have taken the sequence since.
+        `run` is the server that last wrote; when it is not the one this
+        process knew, `restarted_from` is the lowest sequence any server
+        started from since (-1: the record does not reach back that far). A
+        start from below what this process knew was on its server lost
+        revocations, however far later writes have taken the sequence since.
+        `since_run` is the server `restarted_from` was read against: when
+        another thread has moved this process to a new server meanwhile, it
+        checked that move itself.
         """
         seq_now = int(seq or 0)
         recovered = int(recovery or 0)
         moved = False
         with self._lock:
+            if restarted_from is not None and since_run != self.run:
+                restarted_from = None
             if epoch is None:
                 self.lost = self.lost or (
                     "the revocation store has no epoch: Redis was flushed or restarted without "
@@ -299,34 +311,46 @@ class EpochWatch:
                 moved = self.epoch is not None
                 self.epoch, self.seq, self.lost = epoch, seq_now, None
                 self.recovered = recovered
-                self.run = run
+                self.run, self.run_seq = run, seq_now
             elif epoch != self.epoch:
                 self.lost = self.lost or (
                     "the revocation store's epoch changed: it was replaced by an empty or "
                     "different store, so revocations may be lost. Run "
                     "`agentcaps revocations recover` once it is understood"
                 )
-            elif seq_now < floor or (restarted_from is not None and restarted_from < floor):
-                went_to = seq_now if seq_now < floor else restarted_from
+            elif seq_now < floor or (restarted_from is not None and restarted_from < self.run_seq):
+                went_from, went_to = (
+                    (floor, seq_now) if seq_now < floor else (self.run_seq, restarted_from)
+                )
                 self.lost = self.lost or (
-                    f"the revocation store went back from sequence {floor} to {went_to}: "
+                    f"the revocation store went back from sequence {went_from} to {went_to}: "
                     "acknowledged revocations are missing (a failover to a stale replica, or "
                     "a restore from an old snapshot). Run `agentcaps revocations recover` "
                     "once it is understood"
                 )
             elif self.lost is None:
                 self.seq = max(self.seq, seq_now)
-                self.run = run or self.run
+                if run is not None and run != self.run:
+                    # Checked (restarted_from): all this process knew is on it.
+                    self.run, self.run_seq = run, self.seq
+                elif run == self.run:
+                    self.run_seq = max(self.run_seq, seq_now)
             if self.lost is not None:
                 raise RevocationStateLost(self.lost)
         if moved:
             for callback in self._on_recovery:
                 callback()
 
-    def advance(self, seq: int) -> None:
-        """Note a sequence number seen in the event stream."""
+    def advance(self, seq: int, run: bytes | None = None) -> None:
+        """Note a sequence number seen in the event stream, or written, on server `run`.
+
+        Only a sequence seen on the server this process knows counts as on
+        it: one from another server is checked at the next read of the store.
+        """
         with self._lock:
             self.seq = max(self.seq, seq)
+            if run == self.run:
+                self.run_seq = max(self.run_seq, seq)
 
 
 class RedisKeyStore:
@@ -738,17 +762,24 @@ class RedisRevocationStore:
         """EpochWatch.observe, with the record of server restarts read when the server changed."""
         restarted_from = None
         known = self.watch.run
-        if run is not None and known is not None and run != known and epoch == self.watch.epoch:
+        if run is not None and run != known and epoch == self.watch.epoch:
             restarted_from = self._restarted_from(known)
-        self.watch.observe(epoch, recovery, seq, floor, run, restarted_from)
+        self.watch.observe(epoch, recovery, seq, floor, run, restarted_from, known)
 
-    def _restarted_from(self, known: bytes) -> int:
-        """The lowest sequence a server process started from after `known` (-1: not recorded)."""
+    def _restarted_from(self, known: bytes | None) -> int | None:
+        """The lowest sequence a server started from after `known` (-1: not recorded).
+
+        With `known` None (this process read the store before servers were
+        recorded, e.g. before an upgrade): the lowest of all recorded, None
+        when none is.
+        """
         try:
             entries = cast("list[bytes]", self._client.lrange(self._layout.rv_runs, 0, -1))
         except _ERRORS as exc:
             raise _unavailable(exc) from None
         runs = [entry.rpartition(b":") for entry in entries]
+        if known is None:
+            return min((int(seq) for _, _, seq in runs), default=None)
         ids = [run for run, _, _ in runs]
         if known not in ids:
             # Pushed out by many restarts, or lost with the data: either way
@@ -834,8 +865,8 @@ class RedisRevocationStore:
             ],
             what="revocation",
         )
-        seq = int(reply)
-        self.watch.advance(seq)
+        seq, run = int(reply[0]), reply[1] or None
+        self.watch.advance(seq, run)
         return seq
 
     def confirmed(
@@ -1083,7 +1114,7 @@ class ReplicaRevocationStore:
                     return
                 self.index.apply(data[b"field"], data[b"value"])
                 self._applied_seq = max(self._applied_seq, event_seq)
-                self.watch.advance(event_seq)
+                self.watch.advance(event_seq, data.get(b"run") or None)
                 self._last_id = event_id
         if int(seq or 0) > self._applied_seq:
             if read >= _READ_COUNT:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import redis
 
 from agentcaps import Reason, Revocation, RevocationKind, StoreUnavailable
 from agentcaps.errors import RevocationStateLost
@@ -26,6 +28,7 @@ from tests.integration.harness import (
     reason,
     replica_threads,
 )
+from tests.servers import RedisServer
 
 STALENESS = 0.5
 SLACK = 1.5  # scheduling slack on a busy machine; the bound itself is the contract
@@ -83,6 +86,14 @@ class Scene:
         while time.monotonic() < until:
             assert self.decide(self.good) is Reason.REVOCATION_UNAVAILABLE
             assert self.decide(self.bad) is Reason.REVOCATION_UNAVAILABLE
+            time.sleep(0.01)
+
+    def stays_open(self, seconds: float) -> None:
+        """For `seconds`, the good token is allowed and the revoked one denied: no loss is reported."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            assert self.decide(self.good) is Reason.OK
+            assert self.decide(self.bad) is Reason.REVOKED
             time.sleep(0.01)
 
     def healthy(self) -> None:
@@ -302,10 +313,54 @@ def test_a_restart_from_an_older_snapshot_is_seen_after_later_writes_too(
 
 
 def test_a_clean_restart_is_not_a_loss(durable_backend: RedisBackend, mode: str) -> None:
-    """A restart that keeps every write (AOF), then new writes: verifiers go on, revocations hold."""
+    """A restart that keeps every write (AOF), then new writes by the old writer and a new one: all go on."""
     scene = Scene(durable_backend, mode)
     durable_backend.server.restart()
-    revoke_token(durable_backend.open(), scene.clock, "cc" * 16)
+    # The writer that knew the server before writes first: its own write,
+    # on the new server, must not look like a start from below it.
+    revoke_token(scene.admin, scene.clock, "cc" * 16)
+    revoke_token(durable_backend.open(), scene.clock, "dd" * 16)
     scene.poll_until_good_is(Reason.OK, RECOVERY)
     assert scene.decide(scene.bad) is Reason.REVOKED
+    assert reason(scene.admin, scene.clock, scene.good) is Reason.OK
+    revoke_token(scene.admin, scene.clock, "ee" * 16)
+    scene.stays_open(STALENESS + 0.5)
     assert len(durable_backend.raw.lrange(LAYOUT.rv_runs, 0, -1)) == 2
+
+
+def test_a_dataset_loaded_into_the_running_server_is_seen_after_later_writes(
+    redis_backend: RedisBackend, mode: str, tmp_path: Path
+) -> None:
+    """An older copy replicated into the same running Redis (its run id unchanged), then writes: seen."""
+    scene = Scene(redis_backend, mode)
+    (tmp_path / "backup").mkdir()
+    backup = RedisServer(tmp_path / "backup")
+    backup.start()
+    try:
+        with redis.Redis.from_url(backup.url, socket_timeout=5) as copy:
+            copy.replicaof("127.0.0.1", redis_backend.server.port)
+            eventually(lambda: copy.hget(LAYOUT.rv_meta, "seq") is not None, what="the copy syncs")
+            copy.replicaof("no", "one")
+            victim = mint(scene.admin, scene.clock, user="victor")
+            revoke_token(scene.admin, scene.clock, victim.token_id)
+            eventually(lambda: scene.decide(victim.token) is Reason.REVOKED, what="seen revoked")
+            redis_backend.raw.replicaof("127.0.0.1", backup.port)  # the older copy comes back
+            eventually(
+                lambda: (
+                    not redis_backend.raw.hexists(LAYOUT.rv, b"t" + bytes.fromhex(victim.token_id))
+                ),
+                what="the older copy is loaded",
+            )
+            redis_backend.raw.replicaof("no", "one")
+    finally:
+        backup.stop()
+    newcomer = redis_backend.open()
+    for n in range(3):
+        revoke_token(newcomer, scene.clock, f"{n:02d}" * 16)
+
+    def victim_refused() -> bool:
+        decision = scene.decide(victim.token)
+        assert decision is not Reason.OK, "a revoked token was allowed after the reload"
+        return decision is Reason.REVOCATION_UNAVAILABLE
+
+    eventually(victim_refused, timeout=STALENESS + SLACK, what="the loss is seen")
