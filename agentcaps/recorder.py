@@ -437,6 +437,7 @@ class Recorder(BaseRecorder):
         self._retry_at = 0.0  # monotonic time of the next attempt at the log
         self._orphans_at = 0.0
         self._orphans_pending = 0
+        self._orphans_checked = False  # a look at other writers' spool files has completed
         self._closed = False
         self.written = 0  # events the log took
         self.spooled = 0  # events that went through the spool
@@ -529,6 +530,7 @@ class Recorder(BaseRecorder):
             "mirror_errors": self.mirror_errors,
             "dropped": self.dropped,
             "log_available": self.log_available,
+            "orphans_checked": self._orphans_checked,
         }
 
     # -- flushing and closing --------------------------------------------------
@@ -746,6 +748,7 @@ class Recorder(BaseRecorder):
             finally:
                 self._orphans_pending = 0
                 os.close(fd)
+        self._orphans_checked = True
 
     def _cycle(self) -> bool:
         """Write some of what is queued, then some of what waits; True when there is more to do now.

@@ -45,6 +45,7 @@ import fcntl
 import json
 import logging
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -77,6 +78,13 @@ MAX_STARTS = 3
 # (its last status, its exit).
 CLOSE_MARGIN = 2.0
 _STATUS_INTERVAL = 0.25  # seconds between the writer's unprompted status reports
+# Seconds a writer may take no input before it counts as hung: killed and
+# replaced (its frames are sent again). It reads whenever it is not writing
+# one batch, so this is far more than any batch takes.
+STALL_TIMEOUT = 10.0
+# Seconds a writer must have lived for its death to count as a crash rather
+# than as one that cannot start (MAX_STARTS).
+_STABLE_AFTER = 5.0
 _PIPE_SIZE = 1 << 20  # bytes: a frame or two in flight while the writer works
 
 _LENGTH = struct.Struct(">I")
@@ -139,6 +147,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+class WriterStalled(OSError):
+    """The writer process took no input for STALL_TIMEOUT seconds."""
+
+
+def _write_within(fd: int, data: bytes, seconds: float) -> None:
+    """Write all of `data` to a non-blocking `fd`, or raise WriterStalled when it takes nothing for `seconds`."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            _, writable, _ = select.select([], [fd], [], seconds)
+            if not writable:
+                raise WriterStalled(f"the writer took no input for {seconds:g} s") from None
+
+
 class _Frames:
     """Reads length-prefixed messages from a pipe: whole ones, as many as have arrived."""
 
@@ -199,6 +223,8 @@ class _Child:
         assert self.process.stdin is not None
         self.stdin = self.process.stdin.fileno()
         _grow_pipe(self.stdin)
+        os.set_blocking(self.stdin, False)  # a hung writer must not hang its callers
+        self.started = time.monotonic()
         self.acks = ack_read
         self.reader: threading.Thread | None = None
         self.alive = True
@@ -213,7 +239,13 @@ class _Child:
         if not self.alive or not self._stdin_open:
             return False
         try:
-            _write_all(self.stdin, data)
+            _write_within(self.stdin, data, STALL_TIMEOUT)
+        except WriterStalled as exc:
+            log.error(
+                "audit: the writer process %d is hung (%s); killing it", self.process.pid, exc
+            )
+            self.kill()
+            return False
         except OSError:
             self.alive = False
             return False
@@ -291,6 +323,8 @@ class ProcessRecorder(BaseRecorder):
         self._starts = 0  # writers started in a row without an acknowledgement
         self._restarts = 0
         self._totals = dict.fromkeys(_STATUS_KEYS, 0)  # of writers gone
+        # Events in spool files of writers gone, until a writer has adopted them.
+        self._dead_spooled = 0
         self._fallback: Recorder | None = None
         self._closed = False
         self._wake = threading.Event()
@@ -336,9 +370,10 @@ class ProcessRecorder(BaseRecorder):
 
     @property
     def spool_pending(self) -> int:
+        theirs = int(self._reported("spool_pending")) + self._dead_spooled
         if self._fallback is not None:
-            return self._fallback.spool_pending + int(self._reported("spool_pending"))
-        return int(self._reported("spool_pending"))
+            return self._fallback.spool_pending + theirs
+        return theirs
 
     @property
     def held(self) -> int:
@@ -351,7 +386,7 @@ class ProcessRecorder(BaseRecorder):
         if not self.enabled:
             return own
         theirs = self._fallback.pending if self._fallback is not None else 0
-        return own + theirs + int(self._reported("pending"))
+        return own + theirs + int(self._reported("pending")) + self._dead_spooled
 
     @property
     def log_available(self) -> bool:
@@ -426,10 +461,10 @@ class ProcessRecorder(BaseRecorder):
             self._limit = -1
             self._send_queued()
             child = self._child
-            if self._fallback is None and child is not None:
+            if child is not None:
                 child.send(_frame(_CLOSING, _DOUBLE.pack(timeout)))
                 child.end_input()
-        if self._fallback is None and child is not None:
+        if child is not None:
             try:
                 child.process.wait(timeout + self._close_margin)
             except subprocess.TimeoutExpired:
@@ -455,9 +490,11 @@ class ProcessRecorder(BaseRecorder):
         """The queue is full (or closed): the caller sends batches itself."""
         try:
             with self._send_lock:
-                if self._closed and self._fallback is None:
-                    # An event after close: written here (or spooled), by a
-                    # closed thread Recorder, while the writer finishes.
+                if self._limit < 0 and self._fallback is None:
+                    # An event after close has ended the writer's input:
+                    # written here (or spooled) by a closed thread Recorder,
+                    # while the writer finishes. (Before that, close has not
+                    # yet taken the writer in hand: it sends as ever.)
                     self._fallback = self._make_fallback()
                     self._fallback.close()
                 self._send_queued(keep=max(self._limit - self._batch, 0))
@@ -585,13 +622,20 @@ class ProcessRecorder(BaseRecorder):
                 through = int(report["through"])
                 with self._state:
                     child.status = report["status"]
+                    if child is self._child and child.status.get("orphans_checked"):
+                        # It has looked at every spool file of the writers
+                        # gone before it started, and sent them on.
+                        self._dead_spooled = 0
                     # Frame numbers are per writer: a replaced writer's late
                     # acknowledgement says nothing of frames sent to the next.
                     if through > child.through and child is self._child:
                         child.through = through
-                        self._starts = 0
                         while self._unacked and self._unacked[0][0] <= through:
                             self._unacked_events -= self._unacked.popleft()[2]
+                    if child is self._child and (
+                        child.through > 0 or time.monotonic() - child.started >= _STABLE_AFTER
+                    ):
+                        self._starts = 0  # it worked: a later death is a crash, not a bad start
                     self._state.notify_all()
         except (OSError, ValueError, KeyError) as exc:
             log.error("audit: unreadable report from the writer process (%s)", exc)
@@ -604,11 +648,23 @@ class ProcessRecorder(BaseRecorder):
                 for key in _STATUS_KEYS:
                     self._totals[key] += int(child.status.get(key, 0))
                 status = child.status
+                held = int(status.get("held", 0))
+                self._dead_spooled += int(status.get("spool_pending", 0)) - held
+                if held:
+                    # Taken (acknowledged) but in its memory only: neither
+                    # Redis nor its spool had them.
+                    self._totals["dropped"] += held
+                    log.error(
+                        "audit: %d event(s) are lost: the writer process %d ended holding them "
+                        "in memory only (neither Redis nor its spool took them)",
+                        held,
+                        child.process.pid,
+                    )
                 child.status = {
                     "writer": status.get("writer", ""),
                     "log_available": status.get("log_available", True),
-                    "spool_pending": status.get("spool_pending", 0),
-                    "pending": status.get("spool_pending", 0),
+                    "spool_pending": 0,
+                    "pending": 0,
                     "held": 0,
                 }
                 self._state.notify_all()
@@ -710,10 +766,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--status-fd", type=int, required=True)
     parser.add_argument("--log-format", choices=("json", "text"), default="text")
     args = parser.parse_args(argv)
-    # Ctrl-C and a service manager's TERM reach the whole process group: the
-    # parent flushes through them, and ends this process by closing its input.
+    # Ctrl-C, a service manager's TERM and a reload's HUP can reach the whole
+    # process group: the parent flushes through them, and ends this process
+    # by closing its input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the service's reload signal
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
         from agentcaps.http.logs import JsonFormatter

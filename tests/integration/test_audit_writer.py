@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 
 from agentcaps.audit import AuditKind, decode, event
 from agentcaps.recorder import Recorder
+from agentcaps.stores import audit_writer
 from agentcaps.stores.audit import AuditTrail, RedisAuditLog, open_audit, open_audit_log
 from agentcaps.stores.audit_writer import ProcessRecorder
 from agentcaps.stores.redis import Stores
@@ -210,7 +213,7 @@ def test_a_writer_that_does_not_finish_on_close_is_killed_and_its_events_written
 def test_the_writer_process_ignores_interrupts_so_the_parent_can_flush_through_them(
     redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
 ) -> None:
-    """SIGINT and SIGTERM (Ctrl-C reaches the process group) leave the writer running."""
+    """SIGINT, SIGTERM and SIGHUP (which can reach the process group) leave the writer running."""
     trail = opened(trails, stores_on(redis_server, spool))
     recorder = trail.recorder
     assert isinstance(recorder, ProcessRecorder)
@@ -220,6 +223,7 @@ def test_the_writer_process_ignores_interrupts_so_the_parent_can_flush_through_t
     assert pid is not None
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGHUP)  # the service's reload signal, sent to a process group
     recorder.record(numbered(1))
     assert recorder.flush(30)
     assert recorder.writer_pid == pid and recorder.status()["writer_restarts"] == 0
@@ -253,3 +257,121 @@ def test_the_writer_process_gets_no_deployment_secrets_and_logs_as_the_service_d
     argv = Path(f"/proc/{recorder.writer_pid}/cmdline").read_bytes().split(b"\0")
     assert b"--log-format" in argv and b"json" in argv
     assert not [a for a in argv if b"redis://" in a]
+
+
+def test_a_hung_writer_is_killed_and_replaced_and_callers_never_wait_on_it(
+    redis_server: RedisServer,
+    spool: Path,
+    trails: list[AuditTrail],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer that takes no input (stopped here) counts as hung: replaced, its frames sent again."""
+    monkeypatch.setattr(audit_writer, "STALL_TIMEOUT", 1.0)
+    trail = opened(trails, stores_on(redis_server, spool), interval=0.01, queue_limit=4096)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    recorder.record(numbered(0))
+    assert recorder.flush(30)
+    hung = recorder.writer_pid
+    assert hung is not None
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        # Far more than the pipe holds, and past the queue limit: callers send
+        # frames themselves, and must not block for good on the hung writer.
+        for n in range(1, 60_000):
+            recorder.record(numbered(n))
+        assert recorder.flush(60)
+        assert recorder.writer_pid not in (None, hung)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    assert trail.log is not None
+    assert set(details(trail.log)) == {f"e{n}" for n in range(60_000)}
+
+
+def test_events_a_dead_writer_left_in_its_spool_stay_pending_until_they_reach_redis(
+    durable_redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """Killed while Redis is down, the writer's spooled events still count: flush is not True until they arrive."""
+    trail = opened(trails, stores_on(durable_redis_server, spool))
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    recorder.record(numbered(0))
+    assert recorder.flush(30)
+    durable_redis_server.stop()
+    for n in range(1, 501):
+        recorder.record(numbered(n))
+    assert not recorder.flush(3)
+    assert recorder.status()["spooled"] == 500
+    pid = recorder.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: recorder.writer_pid not in (None, pid))
+    assert not recorder.flush(2)
+    assert recorder.pending >= 500 and recorder.status()["spooled"] >= 500
+    durable_redis_server.start()
+    wait_until(lambda: recorder.flush(1), seconds=60)
+    assert trail.log is not None
+    assert set(details(trail.log)) == {f"e{n}" for n in range(501)}
+
+
+def test_events_a_dead_writer_held_in_memory_only_are_counted_lost(
+    durable_redis_server: RedisServer,
+    tmp_path: Path,
+    trails: list[AuditTrail],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Neither Redis nor a spool took them (the spool cannot be written): a writer's death loses them, loudly."""
+    caplog.set_level(logging.ERROR, logger="agentcaps.audit")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    trail = opened(trails, stores_on(durable_redis_server, blocked / "spool"))
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    recorder.record(numbered(0))
+    assert recorder.flush(30)
+    durable_redis_server.stop()
+    for n in range(1, 201):
+        recorder.record(numbered(n))
+    wait_until(lambda: recorder.status()["held"] == 200)
+    pid = recorder.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: recorder.status()["dropped"] == 200)
+    assert [r for r in caplog.records if "200 event(s) are lost" in r.message]
+
+
+def test_close_racing_recording_threads_ends_the_writer_process(
+    redis_server: RedisServer, spool: Path
+) -> None:
+    """Events recorded while close() runs never leave a writer process behind, nor lose an event."""
+    stores = stores_on(redis_server, spool)
+    trail = open_audit(stores, queue_limit=2048, batch_size=256)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    pid = recorder.writer_pid
+    assert pid is not None
+    stop = threading.Event()
+    counts = [0] * 4
+
+    def record(k: int) -> None:
+        while not stop.is_set():
+            recorder.record(numbered(k * 10_000_000 + counts[k]))
+            counts[k] += 1
+
+    threads = [threading.Thread(target=record, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    trail.close(5.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert recorder.pending == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    log, close = open_audit_log(stores)
+    try:
+        assert len(set(details(log))) == sum(counts)
+    finally:
+        close()
