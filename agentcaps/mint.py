@@ -25,6 +25,8 @@ Clock = Callable[[], float]
 
 # A token's ttl is capped at mint; the verifier enforces a hard cap of its own.
 DEFAULT_MAX_TTL = 3600
+# Seconds a mint waits at most for a revocation made this second to be in the past.
+_LONGEST_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,7 @@ class Minter:
         max_ttl: the longest ttl `mint` accepts, in seconds.
         revocations: where revocations live, so that no token is born revoked
             (see `plan`); None: not looked at.
+        sleep: waits that many seconds (with a test clock: moves it).
     """
 
     def __init__(
@@ -177,11 +180,13 @@ class Minter:
         clock: Clock = time.time,
         max_ttl: int = DEFAULT_MAX_TTL,
         revocations: RevocationStore | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._keys = keys
         self._clock = clock
         self._max_ttl = max_ttl
         self._revocations = revocations
+        self._sleep = sleep
 
     def mint(self, **request: Unpack[MintRequest]) -> str:
         """Mint a token for `agent` acting for `user` of `customer`; return the token string.
@@ -253,28 +258,34 @@ class Minter:
         )
 
     def _issue_time(self, token_id: bytes, principal: cv.Principal, agent: str) -> int:
-        """Now, or the next second when a revocation made this very second would take the token.
+        """Now, once no revocation made this very second would take the token.
 
         Revoking a customer, a user or an agent takes their tokens issued up
         to and including the second it is made, so a token minted in that
         second (the new issuer token after a customer's revocation, say)
-        would be born revoked. It is dated one second later instead. The
-        look is a courtesy: when revocations cannot be read, the token is
-        dated now (verifiers fail closed on their own).
+        would be born revoked. The minter waits for the next second instead
+        (under a second): never dating a token ahead, so that a revocation
+        made after it, in any later second, still takes it. The look is a
+        courtesy: when revocations cannot be read, or the clock does not
+        move, the token is dated now (verifiers fail closed on their own).
         """
         now = int(self._clock())
         if self._revocations is None:
             return now
-        for issued_at in (now, now + 1):
-            facts = TokenFacts(
-                "", token_id, issued_at, principal.customer, principal.user, (), (agent,)
-            )
+        waited = 0.0
+        while True:
+            facts = TokenFacts("", token_id, now, principal.customer, principal.user, (), (agent,))
             try:
                 if self._revocations.check(facts) is not Reason.REVOKED:
-                    return issued_at
+                    return now
             except StoreUnavailable:
                 return now
-        return now
+            if waited >= _LONGEST_WAIT:
+                return now
+            pause = max(now + 1 - self._clock(), 0.001)
+            self._sleep(pause)
+            waited += pause
+            now = int(self._clock())
 
     def sign(self, plan: MintPlan) -> MintedToken:
         """Sign a plan with its owner's active root key: the token exists from here on.

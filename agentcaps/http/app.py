@@ -79,6 +79,7 @@ def create_app(
     rules: Rules | None = None,
     policies: Policies | None = None,
     audit_trail: AuditTrail | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Starlette:
     """The agentcaps service.
 
@@ -96,6 +97,8 @@ def create_app(
         audit_trail: where audit events go (default: the deployment's trail,
             as AGENTCAPS_AUDIT says, flushed and closed when the app shuts
             down; a trail given here is the caller's to close).
+        sleep: waits (a mint waits out a revocation made the same second);
+            with a test clock, one that moves it.
 
     Raises:
         ConfigError, StoreUnavailable: the stores cannot be opened safely.
@@ -111,8 +114,9 @@ def create_app(
     if rules is None:
         rules = Rules.load(settings.routes_file) if settings.routes_file else Rules()
     service = Service.build(
-        settings, stores, clock=clock, rules=rules, policies=policies, audit=audit_trail
-    )
+        settings, stores, clock=clock, rules=rules, policies=policies, audit=audit_trail,
+        sleep=sleep,
+    )  # fmt: skip
     document = openapi.build(ENDPOINTS, version=_version())
     routes = [e.route() for e in ENDPOINTS]
 

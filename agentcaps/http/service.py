@@ -69,6 +69,7 @@ class Service:
         rules: Rules,
         policies: Policies,
         audit: AuditTrail | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> Service:
         """The parts, on `stores`; `audit` defaults to the deployment's trail (open_audit)."""
         if audit is None:
@@ -90,8 +91,8 @@ class Service:
             settings=settings,
             stores=stores,
             clock=clock,
-            minter=stores.minter(clock=clock, max_ttl=settings.max_ttl),
-            service_minter=stores.minter(clock=clock, max_ttl=settings.max_lifetime),
+            minter=stores.minter(clock=clock, max_ttl=settings.max_ttl, sleep=sleep),
+            service_minter=stores.minter(clock=clock, max_ttl=settings.max_lifetime, sleep=sleep),
             authority=ServiceAuthority(stores.keys, service_verifier),
             gateway=gateway,
             gate=Gate(gateway, rules),

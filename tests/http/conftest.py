@@ -55,7 +55,7 @@ class Api:
 def api(memory_stores: Stores, clock: FakeClock) -> Iterator[Api]:
     """The service on memory:// and the test clock, gateway audience `crm-gateway`."""
     settings = Settings(master_key=MASTER_KEY, audience=GATEWAY, access_log="all")
-    app = create_app(settings, memory_stores, clock)
+    app = create_app(settings, memory_stores, clock, sleep=clock.advance)
     service: Service = app.state.service
     admin = mint_admin_token(service.service_minter, ttl=3600).token
     with TestClient(app) as client:

@@ -153,7 +153,7 @@ def mint(stores: Stores, clock: FakeClock, **options: Any) -> agentcaps.MintedTo
     claims: dict[str, Any] = {"customer": "acme", "user": "alice", "agent": "planner", "ttl": 600}
     claims.update(SCOPE)
     claims.update(options)
-    return stores.minter(clock=clock).issue(**claims)
+    return stores.minter(clock=clock, sleep=clock.advance).issue(**claims)
 
 
 def verify(stores: Stores, clock: FakeClock, token: str, **request: Any) -> Decision:
