@@ -71,6 +71,17 @@ class StoreUnavailable(AgentCapsError):
     """A store did not answer or cannot be trusted right now; callers fail closed."""
 
 
+class UnconfirmedWrite(StoreUnavailable):
+    """Written to the Redis primary, but not confirmed by its replicas in time: not acknowledged.
+
+    `reply` is what the write answered on the primary (it did happen there).
+    """
+
+    def __init__(self, detail: str, reply: object) -> None:
+        super().__init__(detail)
+        self.reply = reply
+
+
 class RevocationStateLost(StoreUnavailable):
     """The revocation store lost acknowledged data (flush, empty restart, stale failover).
 

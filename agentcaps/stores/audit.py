@@ -60,6 +60,7 @@ from agentcaps.stores.audit_writer import ProcessRecorder, WriterConfig
 from agentcaps.stores.jsonl import JsonLinesLog
 from agentcaps.stores.redis import (
     _ERRORS,
+    FIRST_USE,
     Client,
     Stores,
     _unavailable,
@@ -80,7 +81,7 @@ DEFAULT_SCAN_LIMIT = 200_000  # entries one query reads at most
 # its time, give or take the clock skew between writers and Redis.
 CLOCK_SKEW = 300.0
 # The detail of the key event recorded when a mint creates its owner's first key.
-FIRST_USE_DETAIL = "created on first use, by the first mint for its owner"
+FIRST_USE_DETAIL = FIRST_USE
 _HEAD_PRUNE_INTERVAL = 3600.0
 
 #   KEYS: events, heads
@@ -555,10 +556,10 @@ def open_audit(
     else:
         recorder = thread_recorder()
 
-    def first_use(key: RootKey) -> None:
-        # A key made by a mint, not by an operator: recorded here, with the
-        # mint's request id, since no command of its own records it.
-        recorder.record(key_event(clock(), "create", key, detail=FIRST_USE_DETAIL))
+    def unrecorded(key: RootKey, why: str) -> None:
+        # A key made by a mint, or by a call that then failed: recorded here
+        # (with the request id), since no caller records it.
+        recorder.record(key_event(clock(), "create", key, detail=why))
 
-    closers.append(stores.keys.on_first_use_create(first_use))
+    closers.append(stores.keys.on_unrecorded_key(unrecorded))
     return AuditTrail(recorder, redis_log, mirrors, closers)

@@ -66,6 +66,7 @@ from agentcaps.errors import (
     NothingPersistsWarning,
     RevocationStateLost,
     StoreUnavailable,
+    UnconfirmedWrite,
     UnknownKey,
 )
 from agentcaps.keys import KeyState, RootKey, new_key_id, new_secret
@@ -101,6 +102,9 @@ _READ_COUNT = 1000  # events a replica takes from the stream per read
 _WAIT_TIMEOUT = 1.0  # seconds a revocation waits for replicas to confirm it
 _PRUNE_PER_WRITE = 500
 _SCAN_COUNT = 1000
+# Why a key made was recorded by the key store's listeners, not by a caller.
+FIRST_USE = "created on first use, by the first mint for its owner"
+UNCONFIRMED = "created on the Redis primary, not confirmed by its replicas (the call failed)"
 # What processes read of rv:meta to notice a loss (see EpochWatch).
 META_FIELDS = ("epoch", "recovery", "seq", "run")
 
@@ -383,9 +387,8 @@ class RedisKeyStore:
         self._checked = False
         self._activate = client.register_script(_ACTIVATE_SCRIPT)
         self._revoke = client.register_script(_REVOKE_KEY_SCRIPT)
-        # Told of each key `signing_key` creates on first use: that creation
-        # has no caller of its own to record it (the audit trail listens).
-        self._first_use_listeners: list[Callable[[RootKey], None]] = []
+        # Told of each key made that no caller records (the audit trail listens).
+        self._unrecorded_listeners: list[Callable[[RootKey, str], None]] = []
         # A recovery follows a loss, and keys can be lost with the rest: what
         # this process remembers of them (a key since revoked, or gone) must
         # not outlive what Redis holds now.
@@ -395,13 +398,20 @@ class RedisKeyStore:
         self._cache.clear()
         self._missing.clear()
 
-    def on_first_use_create(self, listener: Callable[[RootKey], None]) -> Callable[[], None]:
-        """Call `listener` with every key `signing_key` creates on first use; returns the remover.
+    def on_unrecorded_key(self, listener: Callable[[RootKey, str], None]) -> Callable[[], None]:
+        """Call `listener(key, why)` with every key made that no caller records; returns the remover.
 
-        Explicit `create` and `rotate` are not reported: their callers record them.
+        That is a key `signing_key` creates on first use (`why` FIRST_USE),
+        and a key any call made on the primary whose replicas did not confirm
+        it (UNCONFIRMED): the call raised, yet the key is active there. Keys
+        `create` and `rotate` return are their callers' to record.
         """
-        self._first_use_listeners.append(listener)
-        return lambda: self._first_use_listeners.remove(listener)
+        self._unrecorded_listeners.append(listener)
+        return lambda: self._unrecorded_listeners.remove(listener)
+
+    def _unrecorded(self, key: RootKey, why: str) -> None:
+        for listener in list(self._unrecorded_listeners):
+            listener(key, why)
 
     # -- encryption --------------------------------------------------------
 
@@ -538,24 +548,32 @@ class RedisKeyStore:
         secret = new_secret()
         created_at = int(self._clock())
         layout = self._layout
+        key = RootKey(kid, owner or None, KeyState.ACTIVE, created_at, secret)
         # Confirmed by the replicas as a revocation is: a failover must not
         # bring back the key a rotation retired, nor lose the one it made.
-        active = self._revocations.confirmed(
-            self._activate,
-            keys=[layout.key(kid), layout.keys_index, layout.keys_active, layout.key("")],
-            args=[
-                kid,
-                owner or _PLATFORM,
-                created_at,
-                self._seal(kid, secret),
-                "1" if only_if_absent else "0",
-            ],
-            what="root key",
-        )
+        try:
+            active = self._revocations.confirmed(
+                self._activate,
+                keys=[layout.key(kid), layout.keys_index, layout.keys_active, layout.key("")],
+                args=[
+                    kid,
+                    owner or _PLATFORM,
+                    created_at,
+                    self._seal(kid, secret),
+                    "1" if only_if_absent else "0",
+                ],
+                what="root key",
+            )
+        except UnconfirmedWrite as exc:
+            if exc.reply == kid.encode():
+                # Active on the primary, and the next mint signs with it:
+                # recorded now, since the caller only sees an error.
+                self._cache[kid] = key
+                self._unrecorded(key, UNCONFIRMED)
+            raise
         active_kid = active.decode()
         if active_kid != kid:
             return self.fresh(active_kid), False
-        key = RootKey(kid, owner or None, KeyState.ACTIVE, created_at, secret)
         self._cache[kid] = key
         return key, True
 
@@ -574,8 +592,7 @@ class RedisKeyStore:
         if kid is None:
             created, made = self._activate_new(customer, only_if_absent=True)
             if made:
-                for listener in list(self._first_use_listeners):
-                    listener(created)
+                self._unrecorded(created, FIRST_USE)
             return created
         key = self.get(kid.decode())
         if key is None:
@@ -908,9 +925,10 @@ class RedisRevocationStore:
             raise _unavailable(exc) from None
         acked = int(replies[1]) if wanted else 0
         if acked < wanted:
-            raise StoreUnavailable(
+            raise UnconfirmedWrite(
                 f"{what} written to the primary but confirmed by {acked} of {wanted} replicas; "
-                "it is not acknowledged"
+                "it is not acknowledged",
+                replies[0],
             )
         return replies[0]
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from agentcaps import Revocation, RevocationKind, StoreUnavailable
-from agentcaps.stores.redis import Stores
+from agentcaps.stores.redis import UNCONFIRMED, Stores
 from tests.conftest import RedisServer, real_stores
 from tests.integration.harness import LAYOUT, eventually
 
@@ -171,5 +171,12 @@ def test_key_creation_and_rotation_wait_for_replicas_too(
         StoreUnavailable, match="root key written to the primary but confirmed by 1 of 2"
     ):
         too_many.keys.create("globex")
+    made: list[tuple[str, str]] = []
+    too_many.keys.on_unrecorded_key(lambda key, why: made.append((key.kid, why)))
     with pytest.raises(StoreUnavailable, match="confirmed by 1 of 2"):
         too_many.keys.signing_key("initech")
+    # The key is active on the primary all the same, and the next mint signs
+    # with it: the failed call had it recorded (the audit trail listens).
+    [(kid, why)] = made
+    assert why == UNCONFIRMED
+    assert too_many.keys.signing_key("initech").kid == kid and len(made) == 1
