@@ -334,6 +334,17 @@ class BaseRecorder:
     def _spill(self) -> None:
         raise NotImplementedError
 
+    def _take(self, count: int) -> list[Any]:
+        """Up to `count` queued items, oldest first (the writer's side)."""
+        queue = self._queue
+        out = []
+        try:
+            for _ in range(count):
+                out.append(queue.popleft())
+        except IndexError:
+            pass
+        return out
+
     # -- what /readyz, metrics and the CLI read --------------------------------
 
     @property
@@ -597,16 +608,6 @@ class Recorder(BaseRecorder):
                 )
 
     # -- the writer ------------------------------------------------------------
-
-    def _take(self, count: int) -> list[Any]:
-        queue = self._queue
-        out = []
-        try:
-            for _ in range(count):
-                out.append(queue.popleft())
-        except IndexError:
-            pass
-        return out
 
     def _spill(self) -> None:
         """The queue is full: the caller writes batches itself until there is room again."""

@@ -84,10 +84,11 @@ class TokenFacts(NamedTuple):
 def _since_fields(facts: TokenFacts, scoped_agents: bool = True) -> list[bytes]:
     customer = facts.customer.encode()
     fields = [b"c" + customer, b"u" + customer + _SEP + facts.user.encode()]
-    holders = [h.encode() for h in dict.fromkeys(facts.holders)]
-    fields.extend(b"a" + h for h in holders)
-    if scoped_agents:
-        fields.extend(b"g" + customer + _SEP + h for h in holders)
+    holders = dict.fromkeys(facts.holders)
+    fields.extend(b"a" + h.encode() for h in holders)
+    if scoped_agents:  # only once such an entry exists: this runs on every check
+        scope = b"g" + customer + _SEP
+        fields.extend(scope + h.encode() for h in holders)
     return fields
 
 

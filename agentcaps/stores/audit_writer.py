@@ -501,16 +501,6 @@ class ProcessRecorder(BaseRecorder):
         except Exception:  # a verification never fails because its record did
             log.exception("audit: sending a batch from the caller failed")
 
-    def _take(self, count: int) -> list[Any]:
-        queue = self._queue
-        out = []
-        try:
-            for _ in range(count):
-                out.append(queue.popleft())
-        except IndexError:
-            pass
-        return out
-
     def _send_queued(self, keep: int = 0) -> None:
         """Send what is queued, a frame per batch, until `keep` or fewer are left (caller holds the send lock)."""
         while len(self._queue) > keep:

@@ -1207,9 +1207,11 @@ class Stores:
     def minter(self, **options: Any) -> Minter:
         """A Minter on these keys and revocations, with the deployment's max ttl unless given."""
         options.setdefault("max_ttl", self.settings.max_ttl)
-        # Asked in Redis itself: a replica may not have a revocation made a
-        # moment ago, and the minter looks to date tokens after it.
-        options.setdefault("revocations", self.store)
+        # As verifications ask: a replica's index (no round trip a mint)
+        # may miss a revocation made in the last moment, and then a token
+        # minted in its very second is born revoked, as it was before the
+        # minter looked at all.
+        options.setdefault("revocations", self.revocations)
         return Minter(self.keys, **options)
 
     def verifier(self, **options: Any) -> Verifier:
