@@ -81,14 +81,13 @@ class TokenFacts(NamedTuple):
     holders: tuple[str, ...]
 
 
-def _since_fields(facts: TokenFacts, scoped_agents: bool = True) -> list[bytes]:
+def _since_fields(facts: TokenFacts) -> list[bytes]:
     customer = facts.customer.encode()
     fields = [b"c" + customer, b"u" + customer + _SEP + facts.user.encode()]
     holders = dict.fromkeys(facts.holders)
     fields.extend(b"a" + h.encode() for h in holders)
-    if scoped_agents:  # only once such an entry exists: this runs on every check
-        scope = b"g" + customer + _SEP
-        fields.extend(scope + h.encode() for h in holders)
+    scope = b"g" + customer + _SEP
+    fields.extend(scope + h.encode() for h in holders)
     return fields
 
 
@@ -324,10 +323,25 @@ class RevocationIndex:
                         return Reason.REVOKED
         since = self._since
         if since:
-            for field in _since_fields(facts, self._customer_agents):
-                entry = since.get(field)
-                if entry is not None and facts.iat <= entry[0]:
+            # The fields of _since_fields, looked up as they are made (no
+            # list, no de-duplication): this runs on every verification.
+            get, iat, customer = since.get, facts.iat, facts.customer.encode()
+            entry = get(b"c" + customer)
+            if entry is not None and iat <= entry[0]:
+                return Reason.REVOKED
+            entry = get(b"u" + customer + _SEP + facts.user.encode())
+            if entry is not None and iat <= entry[0]:
+                return Reason.REVOKED
+            scope = b"g" + customer + _SEP if self._customer_agents else None
+            for holder in facts.holders:
+                name = holder.encode()
+                entry = get(b"a" + name)
+                if entry is not None and iat <= entry[0]:
                     return Reason.REVOKED
+                if scope is not None:
+                    entry = get(scope + name)
+                    if entry is not None and iat <= entry[0]:
+                        return Reason.REVOKED
         return None
 
 
