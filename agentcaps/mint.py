@@ -161,6 +161,19 @@ def as_minted(caveats: Sequence[cv.Caveat]) -> bool:
     return True
 
 
+def as_delegated(caveats: Sequence[cv.Caveat]) -> bool:
+    """Whether these caveats end with a delegation, as `attenuate(delegate_to=…)` wrote it.
+
+    That is nothing after the last delegate caveat but the delegation limit
+    the same call may add: a copy narrowed after its delegation shows.
+    """
+    last = max((i for i, c in enumerate(caveats) if c.code == cv.Delegate.code), default=None)
+    if last is None:
+        return False
+    tail = caveats[last + 1 :]
+    return len(tail) <= 1 and all(c.code == cv.MaxDelegations.code for c in tail)
+
+
 class Minter:
     """Mints tokens with the active root key of the customer they are for.
 
@@ -282,7 +295,9 @@ class Minter:
                 return now
             if waited >= _LONGEST_WAIT:
                 return now
-            pause = max(now + 1 - self._clock(), 0.001)
+            # Never longer than what is left of the wait: a clock stepped
+            # back must not hold a mint for as long as the step.
+            pause = min(max(now + 1 - self._clock(), 0.001), _LONGEST_WAIT - waited)
             self._sleep(pause)
             waited += pause
             now = int(self._clock())

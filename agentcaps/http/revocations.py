@@ -23,7 +23,7 @@ from agentcaps.http.endpoint import Endpoint, respond
 from agentcaps.http.models import RevocationList, RevocationRequest, RevocationResponse
 from agentcaps.http.service import Service, service_of
 from agentcaps.http.tokens import required_bearer
-from agentcaps.mint import as_minted
+from agentcaps.mint import as_delegated, as_minted
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 from agentcaps.service_tokens import admin_resource, caller, customer_resource
 
@@ -48,13 +48,15 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
             current = authority.authenticate(body.token, in_force=True)
             if current.reason is not Reason.OK:
                 raise refusal(current)
-            if not target.delegation_ids and not as_minted(unverified.caveats):
-                # Its token id is the original's: revoking it would revoke
-                # the token it was narrowed from, and every delegation below.
+            handed = as_delegated if target.delegation_ids else as_minted
+            if not handed(unverified.caveats):
+                # Narrowed since its minting or its last delegation, it shares
+                # that token's id or branch: revoking itself would revoke the
+                # token it was narrowed from, and every delegation below.
                 raise NotAllowed(
                     "a copy narrowed without a delegation cannot revoke itself: it shares its "
-                    "token id with the token it came from, which that would revoke. Revoke "
-                    "with that token, or hand copies on with delegate_to",
+                    "token id or branch with the token it came from, which that would revoke. "
+                    "Revoke with that token, or hand copies on with delegate_to",
                     Reason.RESOURCE_DENIED,
                 )
             by = caller(target)

@@ -105,6 +105,8 @@ _SCAN_COUNT = 1000
 # Why a key made was recorded by the key store's listeners, not by a caller.
 FIRST_USE = "created on first use, by the first mint for its owner"
 UNCONFIRMED = "created on the Redis primary, not confirmed by its replicas (the call failed)"
+# What _restarted_from answers for a reading of a server before the known one.
+_EARLIER = -2
 # What processes read of rv:meta to notice a loss (see EpochWatch).
 META_FIELDS = ("epoch", "recovery", "seq", "run")
 
@@ -302,8 +304,11 @@ class EpochWatch:
         recovered = int(recovery or 0)
         moved = False
         with self._lock:
-            if restarted_from is not None and since_run != self.run:
-                restarted_from = None
+            if since_run != self.run:
+                # Another thread moved this process to another server since
+                # this reading's check was made: the move is not this
+                # reading's to check or to make (a later reading does both).
+                restarted_from, run = None, None
             if epoch is None:
                 self.lost = self.lost or (
                     "the revocation store has no epoch: Redis was flushed or restarted without "
@@ -780,15 +785,19 @@ class RedisRevocationStore:
         restarted_from = None
         known = self.watch.run
         if run is not None and run != known and epoch == self.watch.epoch:
-            restarted_from = self._restarted_from(known)
+            restarted_from = self._restarted_from(known, run)
+            if restarted_from == _EARLIER:
+                # A reading sent before another thread's, of a server this
+                # process has moved on from: its sequence is still checked.
+                restarted_from, run = None, None
         self.watch.observe(epoch, recovery, seq, floor, run, restarted_from, known)
 
-    def _restarted_from(self, known: bytes | None) -> int | None:
+    def _restarted_from(self, known: bytes | None, read: bytes) -> int | None:
         """The lowest sequence a server started from after `known` (-1: not recorded).
 
         With `known` None (this process read the store before servers were
         recorded, e.g. before an upgrade): the lowest of all recorded, None
-        when none is.
+        when none is. _EARLIER when the server `read` came before `known`.
         """
         try:
             entries = cast("list[bytes]", self._client.lrange(self._layout.rv_runs, 0, -1))
@@ -802,8 +811,10 @@ class RedisRevocationStore:
             # Pushed out by many restarts, or lost with the data: either way
             # what this process saw cannot be shown to have survived.
             return -1
-        after = runs[len(ids) - ids[::-1].index(known) :]
-        return min((int(seq) for _, _, seq in after), default=-1)
+        position = len(ids) - ids[::-1].index(known)
+        if read in ids[: position - 1] and read not in ids[position:]:
+            return _EARLIER
+        return min((int(seq) for _, _, seq in runs[position:]), default=-1)
 
     def ping(self) -> bool:
         """True when the server holding the revocations answers (on a Cluster: its slot's primary)."""

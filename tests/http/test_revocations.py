@@ -60,13 +60,19 @@ def test_a_copy_narrowed_without_a_delegation_cannot_revoke_its_original(api: Ap
         response = api.post("/v1/revocations", {"token": copy}, copy)
         assert assert_error(response, 403)["reason"] == "resource_denied"
         assert "delegate_to" in response.json()["detail"]
-    assert (reason(api, parent), reason(api, child)) == ("ok", "ok")
-    # A copy handed on with a delegation revokes its own branch only.
+    # The same one level down: a copy narrowed from the delegated token
+    # would revoke that token's branch.
     narrowed_child = agentcaps.attenuate(child, resources=["crm/contacts/42"])
-    assert (
-        api.post("/v1/revocations", {"token": narrowed_child}, narrowed_child).json()["kind"]
-        == "branch"
+    response = api.post("/v1/revocations", {"token": narrowed_child}, narrowed_child)
+    assert assert_error(response, 403)["reason"] == "resource_denied"
+    assert (reason(api, parent), reason(api, child)) == ("ok", "ok")
+    # A copy handed on with a delegation of its own revokes its own branch only.
+    handed = agentcaps.attenuate(
+        child, resources=["crm/contacts/42"], delegate_to="tool", max_delegations=0
     )
+    assert api.post("/v1/revocations", {"token": handed}, handed).json()["kind"] == "branch"
+    assert (reason(api, parent), reason(api, child), reason(api, handed)) == ("ok", "ok", "revoked")
+    assert api.post("/v1/revocations", {"token": child}, child).json()["kind"] == "branch"
     assert (reason(api, parent), reason(api, child)) == ("ok", "revoked")
 
 

@@ -400,3 +400,42 @@ def test_as_minted_tells_a_minted_token_from_a_narrowed_copy(minter):
         assert not as_minted(caveats(narrowed))
     # The one copy that cannot be told apart: a limit added to a token minted without one.
     assert as_minted(caveats(agentcaps.attenuate(plain, max_delegations=1)))
+
+
+def test_as_delegated_tells_a_delegation_from_a_copy_narrowed_after_it(minter):
+    """Nothing after the last delegate caveat but the limit the same attenuate call adds."""
+    from agentcaps.claims import decode_unverified
+    from agentcaps.mint import as_delegated
+
+    def caveats(token: str):
+        return decode_unverified(token).caveats
+
+    plain = minter.mint(**SCOPE)
+    child = agentcaps.attenuate(plain, resources=["crm/contacts/*"], delegate_to="fetcher", ttl=60)
+    limited = agentcaps.attenuate(plain, delegate_to="fetcher", max_delegations=1)
+    assert as_delegated(caveats(child)) and as_delegated(caveats(limited))
+    assert not as_delegated(caveats(plain))
+    for narrowed in (
+        agentcaps.attenuate(child, resources=["crm/contacts/1"]),
+        agentcaps.attenuate(limited, max_delegations=0),
+        agentcaps.attenuate(limited, ttl=5),
+    ):
+        assert not as_delegated(caveats(narrowed))
+    # As with as_minted, the one copy that cannot be told apart: a lone limit
+    # added to a delegation made without one.
+    assert as_delegated(caveats(agentcaps.attenuate(child, max_delegations=0)))
+
+
+def test_a_mint_never_waits_longer_than_its_bound_even_if_the_clock_steps_back(memory_stores):
+    """A same-second revocation, then the clock stepped back an hour mid-wait: the mint gives up within the bound."""
+    from agentcaps.revocation import Revocation, RevocationKind
+
+    moments = iter([1_800_000_000.0] + [1_799_996_400.0] * 100)
+    slept: list[float] = []
+    store = memory_stores.store
+    store.revoke(Revocation(RevocationKind.CUSTOMER, ("acme",), 1_800_000_000))
+    minter = agentcaps.Minter(
+        memory_stores.keys, clock=lambda: next(moments), revocations=store, sleep=slept.append
+    )
+    minter.issue(**SCOPE)
+    assert sum(slept) <= 2.0

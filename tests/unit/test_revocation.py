@@ -6,7 +6,7 @@ import pytest
 
 import agentcaps
 from agentcaps.decision import Reason
-from agentcaps.errors import InvalidArgument
+from agentcaps.errors import InvalidArgument, RevocationStateLost
 from agentcaps.revocation import (
     Revocation,
     RevocationIndex,
@@ -15,6 +15,7 @@ from agentcaps.revocation import (
     fields_for,
     revocation_for,
 )
+from agentcaps.stores.redis import Layout
 
 TID = bytes(range(16))
 D1, D2 = bytes([1]) * 16, bytes([2]) * 16
@@ -200,3 +201,28 @@ def test_revocation_for_a_delegated_token_is_its_last_branch(minted, clock):
     # The branch lives as long as its earliest expiry up to its delegate caveat
     # (300 s), not the 5 s that one copy of it added afterwards.
     assert revocation.expires_at == int(clock()) + 300
+
+
+def test_a_reading_of_an_earlier_server_processed_late_is_not_a_loss(memory_stores):
+    """Two threads: one moved this process to server B; the other's older reading (server A) arrives after.
+
+    The older reading's sequence is still checked, but it is not a move back
+    to A, nor one from B to some later server that started from nowhere.
+    """
+    store = memory_stores.store
+    store.ensure_epoch()
+    layout = Layout()
+    client = memory_stores.client
+    client.rpush(layout.rv_runs, b"A:0", b"B:5")
+    client.hset(layout.rv_meta, mapping={"seq": 6, "run": "B"})
+    epoch = client.hget(layout.rv_meta, "epoch")
+    watch = store.watch
+    watch.run, watch.run_seq, watch.seq = b"A", 5, 5
+    store.observe(epoch, None, 6, 5, b"B")  # this thread moves to B: it started from 5, all there
+    assert (watch.run, watch.lost) == (b"B", None)
+    store.observe(epoch, None, 5, 5, b"A")  # the other thread's older reading
+    assert (watch.run, watch.lost) == (b"B", None)
+    # A later server that started below what was on B is still a loss.
+    client.rpush(layout.rv_runs, b"C:2")
+    with pytest.raises(RevocationStateLost):
+        store.observe(epoch, None, 7, 6, b"C")
