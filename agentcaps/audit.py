@@ -442,8 +442,9 @@ def revocation_event(
     *,
     target: Decision | None = None,
     owner: str | None = None,
+    note: str | None = None,
 ) -> AuditEvent:
-    """A revocation: what (`op` is its kind), who asked (`caller`), why.
+    """A revocation: what (`op` is its kind), who asked (`caller`), why; `note` adds to the detail.
 
     `target` is the authentic decision of the token it was made from
     (revoking `{"token": T}`): its id, key, principal and provenance are
@@ -487,7 +488,7 @@ def revocation_event(
         op=kind.value,
         why=revocation.reason or None,
         expires_at=revocation.expires_at,
-        detail=f"revoked {kind.value} {'/'.join(subject)}",
+        detail=f"revoked {kind.value} {'/'.join(subject)}" + (f"; {note}" if note else ""),
         **fields_,
     )
 

@@ -45,6 +45,7 @@ from agentcaps.audit import (
     check_chains,
     decode,
     key_event,
+    revocation_event,
 )
 from agentcaps.config import (
     Settings,
@@ -56,11 +57,13 @@ from agentcaps.config import (
 from agentcaps.errors import StoreUnavailable
 from agentcaps.keys import RootKey
 from agentcaps.recorder import BaseRecorder, Recorder
+from agentcaps.revocation import Revocation
 from agentcaps.stores.audit_writer import ProcessRecorder, WriterConfig
 from agentcaps.stores.jsonl import JsonLinesLog
 from agentcaps.stores.redis import (
     _ERRORS,
     FIRST_USE,
+    UNCONFIRMED_REVOCATION,
     Client,
     Stores,
     _unavailable,
@@ -562,4 +565,9 @@ def open_audit(
         recorder.record(key_event(clock(), "create", key, detail=why))
 
     closers.append(stores.keys.on_unrecorded_key(unrecorded))
+
+    def unconfirmed(revocation: Revocation) -> None:
+        recorder.record(revocation_event(clock(), revocation, note=UNCONFIRMED_REVOCATION))
+
+    closers.append(stores.store.on_unrecorded_revocation(unconfirmed))
     return AuditTrail(recorder, redis_log, mirrors, closers)

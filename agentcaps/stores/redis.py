@@ -105,6 +105,9 @@ _SCAN_COUNT = 1000
 # Why a key made was recorded by the key store's listeners, not by a caller.
 FIRST_USE = "created on first use, by the first mint for its owner"
 UNCONFIRMED = "created on the Redis primary, not confirmed by its replicas (the call failed)"
+UNCONFIRMED_REVOCATION = (
+    "in force on the Redis primary, not confirmed by its replicas (the call failed)"
+)
 # What _restarted_from answers for a reading of a server before the known one.
 _EARLIER = -2
 # What processes read of rv:meta to notice a loss (see EpochWatch).
@@ -694,6 +697,16 @@ class RedisRevocationStore:
         self._count_replicas = count_replicas
         self.watch = EpochWatch()
         self._script = client.register_script(_REVOKE_SCRIPT)
+        # Told of each revocation in force on the primary whose call failed
+        # (its replicas did not confirm it): no caller records it.
+        self._unrecorded_listeners: list[Callable[[Revocation], None]] = []
+
+    def on_unrecorded_revocation(
+        self, listener: Callable[[Revocation], None]
+    ) -> Callable[[], None]:
+        """Call `listener` with every revocation written but not confirmed (the call raised); returns the remover."""
+        self._unrecorded_listeners.append(listener)
+        return lambda: self._unrecorded_listeners.remove(listener)
 
     # -- epoch -------------------------------------------------------------
 
@@ -871,28 +884,38 @@ class RedisRevocationStore:
         self.ensure_epoch()
         layout = self._layout
         assert revocation.expires_at is not None
-        reply = self.confirmed(
-            script,
-            keys=[
-                layout.rv,
-                layout.rv_expiry,
-                layout.rv_meta,
-                layout.rv_events,
-                layout.rv_runs,
-                *extra_keys,
-            ],
-            args=[
-                self.watch.epoch,
-                revocation.field(),
-                revocation.value(),
-                revocation.expires_at,
-                int(self._clock()),
-                _STREAM_MAXLEN,
-                _PRUNE_PER_WRITE,
-                *extra_args,
-            ],
-            what="revocation",
-        )
+        try:
+            reply = self.confirmed(
+                script,
+                keys=[
+                    layout.rv,
+                    layout.rv_expiry,
+                    layout.rv_meta,
+                    layout.rv_events,
+                    layout.rv_runs,
+                    *extra_keys,
+                ],
+                args=[
+                    self.watch.epoch,
+                    revocation.field(),
+                    revocation.value(),
+                    revocation.expires_at,
+                    int(self._clock()),
+                    _STREAM_MAXLEN,
+                    _PRUNE_PER_WRITE,
+                    *extra_args,
+                ],
+                what="revocation",
+            )
+        except UnconfirmedWrite as exc:
+            # In force on the primary all the same (and on its way to the
+            # replicas): recorded, though the caller only sees an error.
+            written: Any = exc.reply  # the script's [seq, server]
+            seq, run = int(written[0]), written[1] or None
+            self.watch.advance(seq, run)
+            for listener in list(self._unrecorded_listeners):
+                listener(revocation)
+            raise
         seq, run = int(reply[0]), reply[1] or None
         self.watch.advance(seq, run)
         return seq

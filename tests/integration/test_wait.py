@@ -12,6 +12,8 @@ import pytest
 import redis
 
 from agentcaps import Revocation, RevocationKind, StoreUnavailable
+from agentcaps.audit import decode
+from agentcaps.stores.audit import open_audit
 from agentcaps.stores.redis import UNCONFIRMED, Stores
 from tests.conftest import RedisServer, real_stores
 from tests.integration.harness import LAYOUT, eventually
@@ -114,6 +116,24 @@ def test_a_revocation_a_connected_replica_does_not_confirm_is_not_acknowledged(
     finally:
         replica.process.send_signal(signal.SIGCONT)
     stores.revocations.revoke(revocation("mailer"))
+
+
+def test_a_revocation_in_force_but_not_confirmed_is_still_recorded(
+    redis_server: RedisServer, replica: RedisServer, open_stores: list[Stores]
+) -> None:
+    """The call fails (not acknowledged), yet the revocation is in force on the primary: the audit trail has it."""
+    too_many = real_stores(redis_server, wait_replicas=2, audit_writer="thread")
+    open_stores.append(too_many)
+    trail = open_audit(too_many)
+    try:
+        with pytest.raises(StoreUnavailable, match="confirmed by 1 of 2"):
+            too_many.revocations.revoke(revocation("fetcher"))
+        assert trail.recorder.flush(10) and trail.log is not None
+        [recorded] = [decode(e.body) for e in trail.log.scan()]
+        assert recorded.op == "agent" and recorded.agent == "fetcher"
+        assert recorded.detail is not None and "not confirmed by its replicas" in recorded.detail
+    finally:
+        trail.close()
 
 
 def test_demanding_more_replicas_than_exist_is_not_acknowledged(
