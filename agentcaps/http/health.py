@@ -74,8 +74,10 @@ def audit_check(service: Service) -> str:
     if not recorder.enabled:
         return "ok: off (AGENTCAPS_AUDIT=off): no events are kept"
     status = recorder.status()
+    restarts = status.get("writer_restarts")
+    replaced = f"; the writer process was replaced {restarts} time(s)" if restarts else ""
     if status["log_available"] or not status["pending"]:
-        return f"ok: {status['pending']} pending"
+        return f"ok: {status['pending']} pending{replaced}"
     held = (
         f", {status['held']} held in memory only (the spool cannot be written: "
         "they are lost if the process stops)"
@@ -84,7 +86,7 @@ def audit_check(service: Service) -> str:
     )
     return (
         f"spooling: the audit log refuses events; {status['pending']} pending, "
-        f"{status['spooled']} of them spooled{held}; they are sent when it is back"
+        f"{status['spooled']} of them spooled{held}; they are sent when it is back{replaced}"
     )
 
 

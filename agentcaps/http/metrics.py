@@ -67,6 +67,12 @@ class _State(Collector):
         status = self._recorder.status()
         for family, name, text, key in _AUDIT_STATUS:
             yield family(name, text, value=status[key])
+        if "writer_restarts" in status:  # a writer process (AGENTCAPS_AUDIT_WRITER=process)
+            yield CounterMetricFamily(
+                "agentcaps_audit_writer_restarts",
+                "Audit writer processes that ended (died, or were killed as hung) and were replaced",
+                value=status["writer_restarts"],
+            )
         revocations = self._stores.revocations
         if isinstance(revocations, ReplicaRevocationStore):
             lag = revocations.lag()

@@ -375,3 +375,29 @@ def test_close_racing_recording_threads_ends_the_writer_process(
         assert len(set(details(log))) == sum(counts)
     finally:
         close()
+
+
+def test_a_replaced_writer_shows_in_readyz_and_metrics(
+    redis_server: RedisServer, spool: Path, tmp_path: Path
+) -> None:
+    """The service's /readyz audit line and agentcaps_audit_writer_restarts count writers replaced."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from starlette.testclient import TestClient
+
+    from agentcaps.http.app import create_app
+
+    stores = stores_on(redis_server, spool)
+    with TestClient(create_app(stores.settings, stores)) as client:
+        recorder = client.app.state.service.audit.recorder  # type: ignore[attr-defined]
+        assert isinstance(recorder, ProcessRecorder)
+        recorder.record(numbered(0))
+        assert recorder.flush(30)
+        pid = recorder.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        recorder.record(numbered(1))
+        assert recorder.flush(30)
+        assert "replaced 1 time(s)" in client.get("/readyz").json()["checks"]["audit"]
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        [sample] = families["agentcaps_audit_writer_restarts"].samples
+        assert sample.value == 1
