@@ -78,10 +78,15 @@ MAX_STARTS = 3
 # (its last status, its exit).
 CLOSE_MARGIN = 2.0
 _STATUS_INTERVAL = 0.25  # seconds between the writer's unprompted status reports
-# Seconds a writer may take no input before it counts as hung: killed and
-# replaced (its frames are sent again). It reads whenever it is not writing
-# one batch, so this is far more than any batch takes.
+# Seconds between the writer's reports when nothing changed: its heartbeat,
+# sent by a thread of its own however busy its work is.
+_HEARTBEAT = 1.0
+# Seconds without a word from the writer (a report) after which it counts as
+# hung, once its input is full: killed and replaced (its frames are sent
+# again). A busy writer (sending a backlog, adopting a big spool file)
+# still reports, and is waited for, as the writer thread would be.
 STALL_TIMEOUT = 10.0
+_POLL = 0.5  # seconds between looks at whether a writer with a full input still reports
 # Seconds a writer must have lived for its death to count as a crash rather
 # than as one that cannot start (MAX_STARTS).
 _STABLE_AFTER = 5.0
@@ -148,19 +153,21 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class WriterStalled(OSError):
-    """The writer process took no input for STALL_TIMEOUT seconds."""
+    """The writer process takes no input, and has sent no report for STALL_TIMEOUT seconds."""
 
 
-def _write_within(fd: int, data: bytes, seconds: float) -> None:
-    """Write all of `data` to a non-blocking `fd`, or raise WriterStalled when it takes nothing for `seconds`."""
+def _write_within(fd: int, data: bytes, answering: Callable[[], bool]) -> None:
+    """Write all of `data` to a non-blocking `fd`; raise WriterStalled if it is full and the writer stops `answering`."""
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            _, writable, _ = select.select([], [fd], [], seconds)
-            if not writable:
-                raise WriterStalled(f"the writer took no input for {seconds:g} s") from None
+            _, writable, _ = select.select([], [fd], [], _POLL)
+            if not writable and not answering():
+                raise WriterStalled(
+                    f"its input is full and it has not reported for {STALL_TIMEOUT:g} s"
+                ) from None
 
 
 class _Frames:
@@ -224,7 +231,7 @@ class _Child:
         self.stdin = self.process.stdin.fileno()
         _grow_pipe(self.stdin)
         os.set_blocking(self.stdin, False)  # a hung writer must not hang its callers
-        self.started = time.monotonic()
+        self.started = self.heard = time.monotonic()
         self.acks = ack_read
         self.reader: threading.Thread | None = None
         self.alive = True
@@ -239,7 +246,7 @@ class _Child:
         if not self.alive or not self._stdin_open:
             return False
         try:
-            _write_within(self.stdin, data, STALL_TIMEOUT)
+            _write_within(self.stdin, data, lambda: time.monotonic() - self.heard < STALL_TIMEOUT)
         except WriterStalled as exc:
             log.error(
                 "audit: the writer process %d is hung (%s); killing it", self.process.pid, exc
@@ -369,8 +376,15 @@ class ProcessRecorder(BaseRecorder):
         return own + (self._fallback.queued if self._fallback is not None else 0)
 
     @property
+    def _dead_pending(self) -> int:
+        """Events in spool files of writers gone, until a writer (or the fallback) has adopted them."""
+        if self._fallback is not None and self._fallback.status()["orphans_checked"]:
+            return 0
+        return self._dead_spooled
+
+    @property
     def spool_pending(self) -> int:
-        theirs = int(self._reported("spool_pending")) + self._dead_spooled
+        theirs = int(self._reported("spool_pending")) + self._dead_pending
         if self._fallback is not None:
             return self._fallback.spool_pending + theirs
         return theirs
@@ -386,7 +400,7 @@ class ProcessRecorder(BaseRecorder):
         if not self.enabled:
             return own
         theirs = self._fallback.pending if self._fallback is not None else 0
-        return own + theirs + int(self._reported("pending")) + self._dead_spooled
+        return own + theirs + int(self._reported("pending")) + self._dead_pending
 
     @property
     def log_available(self) -> bool:
@@ -608,6 +622,7 @@ class ProcessRecorder(BaseRecorder):
                 messages = frames.read()
                 if messages is None:
                     break
+                child.heard = time.monotonic()
                 report = json.loads(messages[-1])
                 through = int(report["through"])
                 with self._state:
@@ -709,11 +724,12 @@ def serve(input_fd: int, status_fd: int) -> int:
 
     def report_now_and_then() -> None:
         last: Any = None
+        sent = time.monotonic()
         while not done.wait(_STATUS_INTERVAL):
             now = recorder.status()
-            if now != last:
+            if now != last or time.monotonic() - sent >= _HEARTBEAT:
                 _report(status_fd, lock, taken[0], recorder)
-                last = now
+                last, sent = now, time.monotonic()
 
     _report(status_fd, lock, 0, recorder)  # ready
     threading.Thread(target=report_now_and_then, daemon=True).start()

@@ -401,3 +401,71 @@ def test_a_replaced_writer_shows_in_readyz_and_metrics(
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
         [sample] = families["agentcaps_audit_writer_restarts"].samples
         assert sample.value == 1
+
+
+# A writer whose every batch takes 2 s (as adopting a big spool file, or a
+# slow Redis, would): busy, not hung. Its heartbeat goes on meanwhile.
+SLOW = (
+    sys.executable,
+    "-c",
+    (
+        "import time, sys\n"
+        "from agentcaps import recorder\n"
+        "from agentcaps.stores import audit_writer\n"
+        "write = recorder.Recorder.write\n"
+        "def slow(self, packed):\n"
+        "    time.sleep(2)\n"
+        "    return write(self, packed)\n"
+        "recorder.Recorder.write = slow\n"
+        "sys.exit(audit_writer.main())\n"
+    ),
+)
+
+
+def test_a_busy_writer_that_still_reports_is_waited_for_not_killed(
+    redis_server: RedisServer,
+    spool: Path,
+    trails: list[AuditTrail],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its input full for longer than the stall timeout, but reporting: the same writer takes every event."""
+    monkeypatch.setattr(audit_writer, "STALL_TIMEOUT", 1.0)
+    trail = opened(trails, stores_on(redis_server, spool), command=SLOW, interval=0.01)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    recorder.record(numbered(0))
+    assert recorder.flush(30)
+    pid = recorder.writer_pid
+    for n in range(1, 30_000):  # several MB: far more than the pipe holds
+        recorder.record(numbered(n))
+    assert recorder.flush(120)
+    assert recorder.writer_pid == pid and recorder.status()["writer_restarts"] == 0
+    assert trail.log is not None
+    assert len(set(details(trail.log))) == 30_000
+
+
+def test_after_falling_back_to_a_thread_a_dead_writers_spool_is_no_longer_pending_once_sent(
+    durable_redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
+) -> None:
+    """The thread that takes over adopts the dead writer's spool file; pending then reaches 0 and flush is True."""
+    trail = opened(trails, stores_on(durable_redis_server, spool), interval=0.01)
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    recorder.record(numbered(0))
+    assert recorder.flush(30)
+    durable_redis_server.stop()
+    for n in range(1, 301):
+        recorder.record(numbered(n))
+    wait_until(lambda: recorder.status()["spooled"] == 300)
+    pid = recorder.writer_pid
+    assert pid is not None
+    recorder._command = [sys.executable, "-c", "raise SystemExit(3)"]  # no writer starts again
+    os.kill(pid, signal.SIGKILL)
+    recorder.record(numbered(301))
+    wait_until(lambda: recorder.writer_pid is None)  # the thread took over
+    assert recorder.pending >= 300
+    durable_redis_server.start()
+    wait_until(lambda: recorder.flush(1), seconds=60)
+    assert recorder.pending == 0
+    assert trail.log is not None
+    assert set(details(trail.log)) == {f"e{n}" for n in range(302)}
