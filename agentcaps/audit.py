@@ -996,6 +996,6 @@ class AuditLog(Protocol):
     acknowledgement was lost can be sent again (from the spool) safely.
     """
 
-    def append(self, batch: Batch) -> None:
-        """Store a batch (one writer's consecutive events), in order."""
+    def append(self, batch: Batch) -> int | None:
+        """Store a batch (one writer's consecutive events), in order; how many were new (None: all)."""
         ...

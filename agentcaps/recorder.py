@@ -235,6 +235,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _new(batch: Batch, taken: int | None) -> int:
+    """The events of `batch` its log took as new (a log that does not say: all)."""
+    return len(batch) if taken is None else taken
+
+
 def _line(sealed: Sealed) -> bytes:
     return sealed.hash.encode() + b" " + base64.b64encode(sealed.body) + b"\n"
 
@@ -655,11 +660,11 @@ class Recorder(BaseRecorder):
         assert self._log is not None
         if not self.spool_pending and self.log_available:
             try:
-                self._log.append(batch)
+                taken = self._log.append(batch)
             except StoreUnavailable as exc:
                 self._failed(exc)
             else:
-                self.written += len(batch)
+                self.written += _new(batch, taken)
                 return
         self._to_backlog(batch)
 
@@ -702,24 +707,25 @@ class Recorder(BaseRecorder):
         assert self._log is not None
         if self._spool is not None and self._spool.pending:
             events, used = self._spool.peek(self._batch)
+            new = 0
             try:
                 for batch in batches_of(events):
-                    self._log.append(batch)
+                    new += _new(batch, self._log.append(batch))
             except StoreUnavailable as exc:
                 self._failed(exc)
                 return False
             self._spool.advance(len(events), used)
-            self.written += len(events)
+            self.written += new
             return True
         if self._stranded:
             batch = self._stranded[0]
             try:
-                self._log.append(batch)
+                taken = self._log.append(batch)
             except StoreUnavailable as exc:
                 self._failed(exc)
                 return False
             self._stranded.pop(0)
-            self.written += len(batch)
+            self.written += _new(batch, taken)
         return True
 
     def _adopt_orphans(self) -> None:
@@ -737,13 +743,15 @@ class Recorder(BaseRecorder):
                 for whole in batches_of(events):
                     for batch in whole.split(self._batch):
                         try:
-                            self._log.append(batch)
+                            taken = self._log.append(batch)
                         except StoreUnavailable as exc:
                             self._failed(exc)
                             self._orphans_at = 0.0  # look again once the log is back
                             return
                         self._orphans_pending -= len(batch)
-                        self.written += len(batch)
+                        # A dead writer's file is sent from its start: the
+                        # part it had sent already is skipped, not counted.
+                        self.written += _new(batch, taken)
                 log.info("audit: sent %d event(s) from the spool file %s", len(events), path.name)
                 path.unlink()
             finally:

@@ -34,9 +34,9 @@ def details(page_events: list) -> list[str]:  # type: ignore[type-arg]
 def test_a_batch_is_stored_once_even_when_sent_again(log: RedisAuditLog) -> None:
     """Resending a batch (its acknowledgement was lost) adds nothing: the head says what is held."""
     batch = HashChain("wa").seal(events(3))
-    log.append(batch)
-    log.append(batch)
-    log.append(batch.split(2)[1])
+    assert log.append(batch) == 3
+    assert log.append(batch) == 0  # says how many were new: none
+    assert log.append(batch.split(2)[1]) == 0
     assert log.info()["length"] == 3
     assert log.heads()["wa"].seq == 2 and log.check().ok
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -374,3 +375,43 @@ def test_late_events_while_an_adopter_holds_the_spool_are_held_not_dropped(
     last.close()
     assert log.kinds() == ["e0", "e1", "e2", "e3", "e4"]
     assert check_chains(log.stored(), trimmed=False).ok
+
+
+def test_a_spool_file_sent_again_counts_only_what_the_log_did_not_hold(
+    memory_stores: object, tmp_path: Path
+) -> None:
+    """A dead writer's file is adopted from its start; what it had sent already is skipped, not counted as written."""
+    from agentcaps.stores.audit import RedisAuditLog
+
+    class Flaky:
+        takes = 0  # batches the log takes before it goes down again
+
+        def __init__(self, log: RedisAuditLog) -> None:
+            self.log = log
+
+        def append(self, batch: Batch) -> int | None:
+            if self.takes <= 0:
+                raise StoreUnavailable("down")
+            self.takes -= 1
+            return self.log.append(batch)
+
+    stream = RedisAuditLog(memory_stores.client)  # type: ignore[attr-defined]
+    log = Flaky(stream)
+    first = Recorder(log, spool=tmp_path, batch_size=10, interval=LONG, retry_interval=0.01)  # type: ignore[arg-type]
+    for n in range(50):
+        first.record(numbered(n))  # type: ignore[arg-type]
+    assert not first.flush(0.5) and first.spool_pending == 50
+    log.takes = 2  # two batches of the spool get through, then the log is down again
+    first.flush(1)
+    assert first.written == 20 and first.spool_pending == 30
+    os.close(first._spool._fd)  # type: ignore[union-attr]  # it dies: its lock goes, its file stays
+    first._spool._fd = None  # type: ignore[union-attr]
+    log.takes = 1000
+    adopter = Recorder(log, spool=tmp_path, interval=LONG)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 5
+    while any(tmp_path.glob("*" + Spool.SUFFIX)) and time.monotonic() < deadline:
+        adopter._wake.set()
+        time.sleep(0.05)
+    adopter.close()
+    assert not any(tmp_path.glob("*" + Spool.SUFFIX))
+    assert stream.info()["length"] == 50 and adopter.written == 30
