@@ -268,19 +268,10 @@ class Settings:
             except InvalidArgument as exc:
                 raise ConfigError(str(exc)) from None
         audit = env.get("AGENTCAPS_AUDIT") or "redis"
-        parse_audit(audit)  # refuse a bad value now, not when the first event is written
+        # Both refused now, not when the first event is written.
         audit_writer = env.get("AGENTCAPS_AUDIT_WRITER") or None
-        if audit_writer not in (None, "process", "thread"):
-            raise ConfigError("AGENTCAPS_AUDIT_WRITER must be process or thread")
-        if (
-            audit_writer == "process"
-            and not env.get("AGENTCAPS_REDIS_URL")
-            and parse_audit(audit).redis
-        ):
-            raise ConfigError(
-                "AGENTCAPS_AUDIT_WRITER=process needs AGENTCAPS_REDIS_URL: the memory:// "
-                "audit stream lives in this process, where no writer process can reach it"
-            )
+        memory = (env.get("AGENTCAPS_REDIS_URL") or MEMORY_URL) == MEMORY_URL
+        audit_writer_mode(audit_writer, parse_audit(audit), memory)
         log_format = env.get("AGENTCAPS_LOG_FORMAT") or "json"
         if log_format not in ("json", "text"):
             raise ConfigError("AGENTCAPS_LOG_FORMAT must be json or text")

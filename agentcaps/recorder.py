@@ -106,7 +106,7 @@ class Spool:
         assert self._fd is not None
         data = b"".join(_line(e) for e in batch.events())
         try:
-            _write_all(self._fd, data)
+            write_all(self._fd, data)
             os.fsync(self._fd)
         except OSError:
             # Leave no part of the batch behind (a full disk writes some of
@@ -221,7 +221,7 @@ def _lock_within(fd: int, seconds: float) -> None:
             time.sleep(0.01)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     """Write all of `data`; os.write may write less (a full disk) before it fails.
 
     Raises:
@@ -338,6 +338,21 @@ class BaseRecorder:
 
     def _spill(self) -> None:
         raise NotImplementedError
+
+    def _show(self, items: list[Any]) -> None:
+        """Show the observers (metrics) a batch of queued items; never raises.
+
+        Events packed elsewhere (`(packed,)`, from a verifying process) were
+        shown to observers there.
+        """
+        if not self._observers:
+            return
+        seen = [item[1:] for item in items if len(item) > 1]
+        for observer in self._observers:
+            try:
+                observer(seen)
+            except Exception:  # metrics must never cost an event
+                log.exception("audit observer failed")
 
     def _take(self, count: int) -> list[Any]:
         """Up to `count` queued items, oldest first (the writer's side)."""
@@ -498,7 +513,7 @@ class Recorder(BaseRecorder):
         """
         with self._lock:
             for start in range(0, len(packed), self._batch):
-                self._process([(tail,) for tail in packed[start : start + self._batch]], False)
+                self._process([(tail,) for tail in packed[start : start + self._batch]])
 
     def enqueue(self, packed: list[bytes]) -> None:
         """Queue events packed elsewhere, as `record` does (observers do not see them)."""
@@ -520,6 +535,11 @@ class Recorder(BaseRecorder):
     def held(self) -> int:
         """Events waiting in memory only: refused by the log, and no spool could take them."""
         return sum(len(b) for b in self._stranded)
+
+    @property
+    def orphans_checked(self) -> bool:
+        """Whether a look at other, gone writers' spool files (adopting them) has completed."""
+        return self._orphans_checked
 
     @property
     def pending(self) -> int:
@@ -546,7 +566,7 @@ class Recorder(BaseRecorder):
             "mirror_errors": self.mirror_errors,
             "dropped": self.dropped,
             "log_available": self.log_available,
-            "orphans_checked": self._orphans_checked,
+            "orphans_checked": self.orphans_checked,
         }
 
     # -- flushing and closing --------------------------------------------------
@@ -627,18 +647,13 @@ class Recorder(BaseRecorder):
         except Exception:  # a verification never fails because its record did
             log.exception("audit: writing a batch from the caller failed")
 
-    def _process(self, items: list[Any], observed: bool = True) -> None:
+    def _process(self, items: list[Any]) -> None:
         """Seal a batch, show it to observers and mirrors, and store it (caller holds the lock)."""
         if not items:
             return
         self._inflight = len(items)
         try:
-            for observer in self._observers if observed else ():
-                try:
-                    # Events packed elsewhere (`enqueue`) were observed there.
-                    observer([item[1:] for item in items if len(item) > 1])
-                except Exception:  # metrics must never cost an event
-                    log.exception("audit observer failed")
+            self._show(items)
             if not self.enabled:
                 return
             batch = self._chain.seal([item[0] for item in items])

@@ -223,17 +223,6 @@ class RedisAuditLog:
             struct.pack(f">{len(batch.bodies)}I", *map(len, batch.bodies)),
         ]
 
-    def prune_heads(self) -> int:
-        """Forget the heads of writers silent for longer than the retention age; how many went."""
-        cutoff = (time.time() - self._max_age - CLOCK_SKEW) * 1000
-        gone = [w for w, head in self.heads().items() if head.time * 1000 < cutoff]
-        if gone:
-            try:
-                self._client.hdel(self.layout.heads, *gone)
-            except _ERRORS as exc:
-                raise _unavailable(exc) from None
-        return len(gone)
-
     # -- reading -----------------------------------------------------------------
 
     def _range(self, start: str, end: str, count: int, reverse: bool) -> list[StoredEvent]:

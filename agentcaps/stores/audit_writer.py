@@ -66,6 +66,7 @@ from agentcaps.recorder import (
     BaseRecorder,
     Clock,
     Recorder,
+    write_all,
 )
 
 log = logging.getLogger("agentcaps.audit")
@@ -144,12 +145,6 @@ def _unpack_events(body: memoryview) -> list[bytes]:
         out.append(bytes(body[at : at + n]))
         at += n
     return out
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class WriterStalled(OSError):
@@ -378,7 +373,7 @@ class ProcessRecorder(BaseRecorder):
     @property
     def _dead_pending(self) -> int:
         """Events in spool files of writers gone, until a writer (or the fallback) has adopted them."""
-        if self._fallback is not None and self._fallback.status()["orphans_checked"]:
+        if self._fallback is not None and self._fallback.orphans_checked:
             return 0
         return self._dead_spooled
 
@@ -521,11 +516,7 @@ class ProcessRecorder(BaseRecorder):
             items = self._take(self._batch)
             self._inflight = len(items)
             try:
-                for observer in self._observers:
-                    try:
-                        observer([item[1:] for item in items])
-                    except Exception:  # metrics must never cost an event
-                        log.exception("audit observer failed")
+                self._show(items)
                 if not self.enabled:
                     continue
                 packed = [item[0] for item in items]
@@ -703,7 +694,7 @@ def _report(fd: int, lock: threading.Lock, through: int, recorder: Recorder) -> 
     status["spool_pending"] = recorder.spool_pending
     message = json.dumps({"through": through, "status": status}).encode()
     with lock, contextlib.suppress(OSError):  # the parent is gone: input ends soon
-        _write_all(fd, _LENGTH.pack(len(message)) + message)
+        write_all(fd, _LENGTH.pack(len(message)) + message)
 
 
 def serve(input_fd: int, status_fd: int) -> int:

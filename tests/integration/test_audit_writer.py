@@ -71,6 +71,20 @@ def opened(trails: list[AuditTrail], stores: Stores, **options: Any) -> AuditTra
     return trail
 
 
+def record_while_redis_is_down(
+    trail: AuditTrail, server: RedisServer, count: int
+) -> ProcessRecorder:
+    """The writer process up (event e0 through it), then Redis stopped and events e1…e`count` recorded."""
+    recorder = trail.recorder
+    assert isinstance(recorder, ProcessRecorder)
+    recorder.record(numbered(0))
+    assert recorder.flush(30)
+    server.stop()
+    for n in range(1, count + 1):
+        recorder.record(numbered(n))
+    return recorder
+
+
 def test_events_reach_the_stream_through_a_writer_process_in_order(
     redis_server: RedisServer, spool: Path, trails: list[AuditTrail]
 ) -> None:
@@ -294,13 +308,7 @@ def test_events_a_dead_writer_left_in_its_spool_stay_pending_until_they_reach_re
 ) -> None:
     """Killed while Redis is down, the writer's spooled events still count: flush is not True until they arrive."""
     trail = opened(trails, stores_on(durable_redis_server, spool))
-    recorder = trail.recorder
-    assert isinstance(recorder, ProcessRecorder)
-    recorder.record(numbered(0))
-    assert recorder.flush(30)
-    durable_redis_server.stop()
-    for n in range(1, 501):
-        recorder.record(numbered(n))
+    recorder = record_while_redis_is_down(trail, durable_redis_server, 500)
     assert not recorder.flush(3)
     assert recorder.status()["spooled"] == 500
     pid = recorder.writer_pid
@@ -326,13 +334,7 @@ def test_events_a_dead_writer_held_in_memory_only_are_counted_lost(
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     trail = opened(trails, stores_on(durable_redis_server, blocked / "spool"))
-    recorder = trail.recorder
-    assert isinstance(recorder, ProcessRecorder)
-    recorder.record(numbered(0))
-    assert recorder.flush(30)
-    durable_redis_server.stop()
-    for n in range(1, 201):
-        recorder.record(numbered(n))
+    recorder = record_while_redis_is_down(trail, durable_redis_server, 200)
     wait_until(lambda: recorder.status()["held"] == 200)
     pid = recorder.writer_pid
     assert pid is not None
@@ -449,13 +451,7 @@ def test_after_falling_back_to_a_thread_a_dead_writers_spool_is_no_longer_pendin
 ) -> None:
     """The thread that takes over adopts the dead writer's spool file; pending then reaches 0 and flush is True."""
     trail = opened(trails, stores_on(durable_redis_server, spool), interval=0.01)
-    recorder = trail.recorder
-    assert isinstance(recorder, ProcessRecorder)
-    recorder.record(numbered(0))
-    assert recorder.flush(30)
-    durable_redis_server.stop()
-    for n in range(1, 301):
-        recorder.record(numbered(n))
+    recorder = record_while_redis_is_down(trail, durable_redis_server, 300)
     wait_until(lambda: recorder.status()["spooled"] == 300)
     pid = recorder.writer_pid
     assert pid is not None
