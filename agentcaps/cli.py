@@ -742,7 +742,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-def _gather(fetch: Callable[[dict[str, str], str | None], tuple[list[AuditEvent], str | None]],
+# One page of a trace's query: (each event's id, the event), and the cursor to older ones.
+_TracePage = tuple[list[tuple[str, "AuditEvent"]], str | None]
+
+
+def _gather(fetch: Callable[[dict[str, str], str | None], _TracePage],
             token_id: str) -> list[AuditEvent]:  # fmt: skip
     """Every event naming `token_id`, then every event naming a delegation id they show."""
     found: dict[str, AuditEvent] = {}
@@ -751,8 +755,8 @@ def _gather(fetch: Callable[[dict[str, str], str | None], tuple[list[AuditEvent]
         before: str | None = None
         while True:
             events, before = fetch(params, before)
-            for event in events:
-                found.setdefault(event.id, event)
+            for name, event in events:
+                found.setdefault(name, event)
             if before is None:
                 return
 
@@ -783,11 +787,11 @@ def cmd_audit_trace(args: argparse.Namespace, stores: Stores) -> int:
 
     log, close = open_audit_log(stores)
 
-    def fetch(params: dict[str, str], before: str | None) -> tuple[list[AuditEvent], str | None]:
+    def fetch(params: dict[str, str], before: str | None) -> _TracePage:
         page = log.query(AuditQuery(**params, limit=_AUDIT_PAGE), before=before)  # type: ignore[arg-type]
         if not page.complete:
             _warn("a query stopped at its scan cap: older events may be missing from the trace")
-        return page.events, page.before
+        return [(event.id, event) for event in page.events], page.before
 
     try:
         return _show_trace(args, _gather(fetch, args.token_id))
@@ -798,9 +802,11 @@ def cmd_audit_trace(args: argparse.Namespace, stores: Stores) -> int:
 def remote_audit_trace(args: argparse.Namespace, client: ServiceClient) -> int:
     from agentcaps.audit import AuditEvent
 
-    def fetch(params: dict[str, str], before: str | None) -> tuple[list[AuditEvent], str | None]:
+    def fetch(params: dict[str, str], before: str | None) -> _TracePage:
+        # An issuer's events carry an opaque id and no writer: name them by the id.
         page = client.audit(**params, limit=_AUDIT_PAGE, before=before)
-        return [AuditEvent.from_dict(view) for view in page["events"]], page.get("before")
+        events = [(view["id"], AuditEvent.from_dict(view)) for view in page["events"]]
+        return events, page.get("before")
 
     return _show_trace(args, _gather(fetch, args.token_id))
 

@@ -292,12 +292,22 @@ def _entry_id(value: str) -> str:
     return value
 
 
-EntryId = Annotated[
+# The prefix of the sealed cursors an issuer's audit pages carry (agentcaps.http.audit).
+SEALED_CURSOR = "c1."
+
+
+def _cursor(value: str) -> str:
+    return value if value.startswith(SEALED_CURSOR) else _entry_id(value)
+
+
+Cursor = Annotated[
     str,
     Field(
-        pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", description="a stream entry id, e.g. 1764412801123-0"
+        pattern=r"^([0-9]{1,20}-[0-9]{1,20}|c1\.[A-Za-z0-9_-]{1,200})$",
+        description="a page's cursor: a stream entry id (admins, e.g. 1764412801123-0), "
+        "or a sealed `c1.…` cursor (issuers)",
     ),
-    AfterValidator(_entry_id),
+    AfterValidator(_cursor),
 ]
 TimeText = Annotated[
     str,
@@ -323,10 +333,10 @@ class AuditQueryParams(BaseModel):
     since: TimeText | None = None
     until: TimeText | None = None
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    before: EntryId | None = Field(
+    before: Cursor | None = Field(
         None, description="older events than this entry (a page's `before`)"
     )
-    after: EntryId | None = Field(
+    after: Cursor | None = Field(
         None, description="newer events than this entry, oldest first (a page's `after`: follow)"
     )
 
@@ -340,12 +350,17 @@ class AuditQueryParams(BaseModel):
 class AuditEventResponse(Response):
     """One audit event: who did what, on whose behalf, when, why; its place in its writer's hash chain."""
 
-    id: str = Field(description="writer:seq, the event's name in `agentcaps audit verify` reports")
-    entry: str | None = Field(None, description="the stream entry holding it")
-    writer: str
-    seq: int
-    prev: str = Field(description="SHA-256 of the writer's previous event")
-    hash: str = Field(description="SHA-256 of this event as stored")
+    id: str = Field(
+        description="writer:seq, the event's name in `agentcaps audit verify` reports; "
+        "for an issuer, an opaque name"
+    )
+    entry: str | None = Field(None, description="the stream entry holding it (admins only)")
+    writer: str | None = Field(None, description="the writer that sealed it (admins only)")
+    seq: int | None = Field(None, description="its place in the writer's chain (admins only)")
+    prev: str | None = Field(
+        None, description="SHA-256 of the writer's previous event (admins only)"
+    )
+    hash: str | None = Field(None, description="SHA-256 of this event as stored (admins only)")
     kind: AuditKind
     time: float = Field(description="unix seconds")
     at: str = Field(description="the same time, ISO 8601 UTC")
@@ -385,5 +400,7 @@ class AuditPageResponse(Response):
     events: list[AuditEventResponse]
     before: str | None = Field(None, description="pass as `before` for older events; null: no more")
     after: str | None = Field(None, description="pass as `after` for newer events (follow)")
-    scanned: int = Field(description="stream entries read")
+    scanned: int | None = Field(
+        None, description="stream entries read, every customer's (admins only)"
+    )
     complete: bool = Field(description="false when the scan stopped at its cap before the end")

@@ -35,6 +35,7 @@ check fails closed until an operator runs `agentcaps revocations recover`.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import re
 import secrets
@@ -387,6 +388,8 @@ class RedisKeyStore:
             raise ConfigError("the master key must be 32 bytes")
         self._client = client
         self._aead = AESGCM(master_key)
+        # Keys for other purposes are derived from the master key, never it.
+        self._master_key = master_key
         self._layout = layout
         self._clock = clock
         self._revocations = revocations
@@ -422,6 +425,12 @@ class RedisKeyStore:
             listener(key, why)
 
     # -- encryption --------------------------------------------------------
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for `purpose`, derived from the master key: the same in every process."""
+        return hmac.digest(
+            self._master_key, b"agentcaps derived key: " + purpose.encode(), "sha256"
+        )
 
     def _seal(self, kid: str, secret: bytes) -> bytes:
         nonce = secrets.token_bytes(12)

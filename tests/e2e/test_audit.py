@@ -155,6 +155,11 @@ def test_a_tokens_whole_story_is_in_the_trail_and_its_trace(deployment: Deployme
     ]
     remote_trace = run_cli("audit", "trace", token_id, "--url", d.service.url, env=remote_env)
     assert remote_trace.stdout == traced.stdout
+    # And as acme's issuer, whose view names events by opaque ids: the same tree.
+    issuer_env = {**d.env, "AGENTCAPS_TOKEN": d.issuer("acme")}
+    issuer_trace = run_cli("audit", "trace", token_id, "--url", d.service.url, env=issuer_env)
+    assert issuer_trace.returncode == 0, issuer_trace.stderr
+    assert issuer_trace.stdout == traced.stdout
 
     # /metrics scrapes cleanly from the real service.
     samples = metrics(d)

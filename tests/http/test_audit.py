@@ -95,6 +95,71 @@ def test_an_issuer_sees_its_own_customer_only(api: Api) -> None:
     assert_error(response, 403)
 
 
+def page(api: Api, token: str, **params: Any) -> dict[str, Any]:
+    response = api.client.get(
+        "/v1/audit", params=params, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_an_issuers_pages_tell_nothing_of_other_customers(api: Api) -> None:
+    """No scan count, no chain position, no entry id: opaque event ids and sealed cursors that page."""
+    story(api)
+    globex = api.issuer("globex")
+    for _ in range(3):
+        api.post("/v1/tokens", {**SCOPE, "customer": "globex"}, globex)
+    acme = api.issuer("acme")
+    whole = page(api, acme)
+    assert whole["scanned"] is None and whole["events"]
+    for event in whole["events"]:
+        assert event["customer"] == "acme"
+        assert {event[name] for name in ("writer", "seq", "prev", "hash", "entry")} == {None}
+        assert event["id"].startswith("e") and ":" not in event["id"]
+    assert len({e["id"] for e in whole["events"]}) == len(whole["events"])
+    assert whole["after"].startswith("c1.")
+    # The same events, one page at a time through the sealed cursors, newest first.
+    seen, cursor = [], None
+    while True:
+        one = page(api, acme, limit=1, **({"before": cursor} if cursor else {}))
+        seen = one["events"] + seen
+        cursor = one["before"]
+        if cursor is None:
+            break
+        assert cursor.startswith("c1.")
+    # (Each read is recorded too: the first one-event page was that read's own.)
+    assert [e["id"] for e in seen[:-1]] == [e["id"] for e in whole["events"]]
+    # Following: only what is new, once.
+    minted = api.post("/v1/tokens", SCOPE, acme).json()
+    api.post("/v1/tokens", {**SCOPE, "customer": "globex"}, globex)
+    newer = page(api, acme, after=whole["after"])
+    assert {e["customer"] for e in newer["events"]} == {"acme"}
+    assert not {e["id"] for e in newer["events"]} & {e["id"] for e in whole["events"]}
+    assert [e["token_id"] for e in newer["events"] if e["kind"] == "mint"] == [minted["token_id"]]
+    assert newer["after"].startswith("c1.") and newer["after"] != whole["after"]
+    # An admin still sees the chain positions and the entries.
+    admin = page(api, api.admin)
+    assert admin["scanned"] > 0 and all(e["writer"] and e["entry"] for e in admin["events"])
+
+
+def test_a_cursor_opens_only_for_the_customer_it_was_given_to(api: Api) -> None:
+    """Altered, another customer's, a bare entry id for an issuer, a sealed one for an admin: 422."""
+    story(api)
+    acme, globex = api.issuer("acme"), api.issuer("globex")
+    api.post("/v1/tokens", {**SCOPE, "customer": "globex"}, globex)
+    theirs = page(api, globex)["after"]
+    mine = page(api, acme)["after"]
+    entry = page(api, api.admin)["after"]
+    flipped = mine[:-2] + ("A" if mine[-2] != "A" else "B") + mine[-1]
+    for token, cursor in ((acme, theirs), (acme, flipped), (acme, entry), (api.admin, mine)):
+        for name in ("after", "before"):
+            response = api.client.get(
+                "/v1/audit", params={name: cursor}, headers={"Authorization": f"Bearer {token}"}
+            )
+            body = assert_error(response, 422, "invalid_request")
+            assert cursor not in response.text, body
+
+
 def test_audit_refuses_no_token_and_agent_tokens(api: Api) -> None:
     """No token → 401; an agent token is not a service token → 403."""
     assert_error(api.get("/v1/audit"), 401)
