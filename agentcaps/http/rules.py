@@ -89,27 +89,35 @@ def path_segments(target: str) -> tuple[str, ...]:
         raise PathRefused("raw non-ASCII or control characters")
     if "\\" in path:
         raise PathRefused("a backslash")
-    if _ENCODED_SEPARATOR.search(path):
+    # Most paths have no escapes: their segments are already what they say.
+    encoded = "%" in path
+    if encoded and _ENCODED_SEPARATOR.search(path):
         raise PathRefused("an encoded '/', '\\' or NUL")
-    if _BAD_ESCAPE.search(path):
+    if encoded and _BAD_ESCAPE.search(path):
         raise PathRefused("a '%' that is not followed by two hex digits")
     if path == "/":
         return ()
     segments = []
     for raw in path[1:].split("/"):
-        try:
-            segment = unquote_to_bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise PathRefused("percent-encoded bytes that are not UTF-8") from None
-        if not segment.isprintable():
-            raise PathRefused("an encoded control character")
-        if "%" in segment:
-            raise PathRefused("double percent-encoding")
+        segment = _decoded(raw) if encoded else raw
         # "..;x" is ".." to servers that strip path parameters.
         if segment.split(";", 1)[0] in ("", ".", ".."):
             raise PathRefused("an empty, '.' or '..' segment")
         segments.append(segment)
     return tuple(segments)
+
+
+def _decoded(raw: str) -> str:
+    """One percent-encoded path segment, decoded; raise PathRefused for anything ambiguous."""
+    try:
+        segment = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise PathRefused("percent-encoded bytes that are not UTF-8") from None
+    if not segment.isprintable():
+        raise PathRefused("an encoded control character")
+    if "%" in segment:
+        raise PathRefused("double percent-encoding")
+    return segment
 
 
 def _segment_regex(pattern: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
@@ -193,8 +201,8 @@ class Rules:
         """
         method = method.upper()
         segments = path_segments(target)
-        path = "".join("/" + s for s in segments)
         whole = "/".join(segments)
+        path = "/" + whole if segments else ""
         for route in self.routes:
             captured = route.match(method, path)
             if captured is None:
