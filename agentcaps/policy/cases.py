@@ -215,6 +215,8 @@ def _mint(engine: PolicyEngine, fields: Mapping[str, Any]) -> PolicyDecision:
             raise CaseError("give issuer or admin = true, not both")
         issuer = MintIssuer.admin()
     elif "issuer" in fields:
+        if not fields["issuer"]:
+            raise CaseError("issuer names a customer")
         issuer = MintIssuer.issuer(fields["issuer"])
     else:
         raise CaseError('say who mints: issuer = "<customer>" or admin = true')

@@ -10,6 +10,7 @@ policy test` checks), else none.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,15 @@ GATEWAY_SUBFOLDER = "gateway"
 
 
 def gateway_dir_for(policy_dir: Path | None, gateway_policy_dir: Path | None) -> Path | None:
-    """The gateway folder: the one given, else `<policy_dir>/gateway` if it exists, else None."""
+    """The gateway folder: the one given, else `<policy_dir>/gateway` if anything has that name, else None.
+
+    Anything named `gateway` counts, a file or a link to nowhere too: loading
+    it then fails and stops the start, where skipping it would run with no
+    gateway policy at all.
+    """
     if gateway_policy_dir is not None:
         return gateway_policy_dir
-    if policy_dir is not None and (policy_dir / GATEWAY_SUBFOLDER).is_dir():
+    if policy_dir is not None and os.path.lexists(policy_dir / GATEWAY_SUBFOLDER):
         return policy_dir / GATEWAY_SUBFOLDER
     return None
 
@@ -93,13 +99,16 @@ class Policies:
         return PolicyWatcher(self.stores, interval).start()
 
     def install_sighup(self) -> SignalHandler:
-        """Reload every store on SIGHUP (call from the main thread)."""
-        return install_sighup(*self.stores)
+        """Reload every store on SIGHUP (call from the main thread), as `reload` does."""
+        return install_sighup(*self.stores, after=self._warn_unenforced)
 
     def reload(self) -> None:
-        """Reload every store now (a failed one keeps its running set)."""
+        """Reload every store now (a failed one keeps its running set); log a gateway folder not in force."""
         for store in self.stores:
             store.reload()
+        self._warn_unenforced()
+
+    def _warn_unenforced(self) -> None:
         unenforced = self.unenforced_gateway()
         if unenforced is not None:
             log.warning("%s", unenforced)
@@ -111,10 +120,10 @@ class Policies:
         verifiers are built with it or without); a restart brings in a folder
         added since. Until then this is reported, never silently ignored.
         """
-        if self.gateway is not None or self.policy_dir is None:
+        if self.gateway is not None:
             return None
-        folder = self.policy_dir / GATEWAY_SUBFOLDER
-        if not folder.is_dir():
+        folder = gateway_dir_for(self.policy_dir, None)
+        if folder is None:
             return None
         return f"{folder} appeared after start-up: its policies are not enforced until a restart"
 

@@ -116,5 +116,6 @@ def git_commit(directory: Path) -> str | None:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return None
-    changes = git("status", "--porcelain", "--", ".")
+    # Ignored files count: a loaded policy that git ignores is not the commit's.
+    changes = git("status", "--porcelain", "--ignored", "--", ".")
     return commit[:DIGEST_CHARS] + ("-dirty" if changes else "")

@@ -3,7 +3,8 @@
 It lets a platform say what no token can override ("no agent deletes under
 billing/", "no write more than two delegations deep"). Each request becomes
 principal `Agent::"<last holder>"`, action `Action::"<action>"`, resource
-`Resource::"<resource>"` (attribute `path`, the same string) and a context
+`Resource::"<resource>"` (attributes `path`, the same string, and `area`,
+its first segment) and a context
 of customer, user, chain, delegation_depth, purposes, purpose and token_age
 (schema: `agentcaps.policy.schema.gateway_schema`).
 
@@ -58,7 +59,10 @@ def gateway_request(
             "token_age": token_age,
         },
     }
-    entities = [{"uid": resource_uid, "attrs": {"path": resource}, "parents": []}]
+    # `area` spares rules the two spellings of "billing and below":
+    # `path like "billing/*"` alone misses `billing` itself.
+    attrs = {"path": resource, "area": resource.split("/", 1)[0]}
+    entities = [{"uid": resource_uid, "attrs": attrs, "parents": []}]
     return request, entities
 
 

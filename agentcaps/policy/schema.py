@@ -72,9 +72,11 @@ _GATEWAY_SCHEMA = """\
 entity Agent;
 
 // What is asked for, e.g. Resource::"crm/contacts/42"; `path` is the same string,
-// so that policies can match it: resource.path like "billing/*".
+// so that policies can match it (resource.path like "crm/contacts/*"), and `area`
+// its first segment ("crm"): resource.area == "billing" is billing and all below it.
 entity Resource = {
   path: String,
+  area: String,
 };
 
 type GatewayContext = {

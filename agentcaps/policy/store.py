@@ -279,8 +279,8 @@ class PolicyWatcher:
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
-def install_sighup(*stores: PolicyStore) -> SignalHandler:
-    """Reload `stores` on SIGHUP; return the handler that was there before.
+def install_sighup(*stores: PolicyStore, after: Callable[[], None] | None = None) -> SignalHandler:
+    """Reload `stores` on SIGHUP, then call `after`; return the handler that was there before.
 
     The reload runs in a short-lived thread, not in the signal handler, so a
     slow read or git call never stalls the main thread. A previous Python
@@ -296,6 +296,8 @@ def install_sighup(*stores: PolicyStore) -> SignalHandler:
     def reload_all() -> None:
         for store in stores:
             store.reload()
+        if after is not None:
+            after()
 
     def on_sighup(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=reload_all, name="agentcaps-policy-reload", daemon=True).start()

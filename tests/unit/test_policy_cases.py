@@ -96,6 +96,7 @@ def test_admin_in_a_case_replaces_the_default_issuer():
         ('name = "c"\nexpect = "allow"\nactions = "read"', "actions must be a list of strings"),
         ('name = "c"', "missing fields: expect"),
         ('name = "c"\nexpect = "allow"\nissuer = "acme"\nadmin = true', "not both"),
+        ('name = "c"\nexpect = "allow"\nissuer = ""', "issuer names a customer"),
     ],
 )
 def test_malformed_cases_fail_with_the_reason(case, message):

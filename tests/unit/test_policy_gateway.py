@@ -67,7 +67,8 @@ def test_request_is_last_holder_action_resource_and_context():
         "purpose": "",
         "token_age": 42,
     }
-    assert entities == [{"uid": request["resource"], "attrs": {"path": "crm/1"}, "parents": []}]
+    attrs = {"path": "crm/1", "area": "crm"}
+    assert entities == [{"uid": request["resource"], "attrs": attrs, "parents": []}]
 
 
 def test_gateway_requests_conform_to_the_shipped_schema():

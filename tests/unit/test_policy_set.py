@@ -170,6 +170,20 @@ def test_version_carries_the_git_commit_and_marks_uncommitted_changes(tmp_path):
     assert store.version.endswith(f"@{head[:12]}-dirty")
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_policy_file_git_ignores_marks_the_version_dirty(tmp_path):
+    """A loaded file that git ignores is not the commit's: the version must not claim it is."""
+    (tmp_path / "a.cedar").write_text(PERMIT)
+    (tmp_path / ".gitignore").write_text("*.local.cedar\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "a.cedar", ".gitignore")
+    git(tmp_path, "commit", "-q", "-m", "policies")
+    assert not PolicyStore.from_dir(tmp_path).version.endswith("-dirty")
+    (tmp_path / "zz.local.cedar").write_text(PERMIT)
+    store = PolicyStore.from_dir(tmp_path)
+    assert len(store.current.ids) == 2 and store.version.endswith("-dirty")
+
+
 def test_version_is_the_digest_alone_outside_git_or_without_git(tmp_path, monkeypatch):
     """No repository, or no git binary at all: the version is just the digest."""
     (tmp_path / "a.cedar").write_text(PERMIT)

@@ -244,6 +244,35 @@ def test_a_gateway_folder_added_after_start_up_is_reported_not_ignored(folder, c
     assert "not enforced until a restart" in caplog.text
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_a_sighup_reload_logs_a_gateway_folder_added_after_start_up(folder, caplog):
+    """The service reloads on SIGHUP (Policies.install_sighup): that reload says so too."""
+    policies = Policies.from_settings(Settings.from_env({"AGENTCAPS_POLICY_DIR": str(folder)}))
+    (folder / "gateway").mkdir()
+    write(folder / "gateway", "forbid (principal, action, resource);\n")
+    previous = policies.install_sighup()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "not enforced until a restart" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "not enforced until a restart" in caplog.text
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "file"])
+def test_a_gateway_entry_that_is_no_folder_stops_the_start(folder, tmp_path, kind):
+    """A `gateway` link to nowhere (a mount that failed) or a file: an error, never no gateway policy."""
+    entry = folder / "gateway"
+    if kind == "file":
+        entry.write_text("forbid (principal, action, resource);\n")
+    else:
+        entry.symlink_to(tmp_path / "not-mounted")
+    with pytest.raises(PolicyError):
+        Policies.from_settings(Settings.from_env({"AGENTCAPS_POLICY_DIR": str(folder)}))
+
+
 def test_policies_from_default_settings_are_the_builtin_default_without_gateway():
     """No folders configured: the built-in mint policy for max_ttl, no gateway policy."""
     policies = Policies.from_settings(Settings(max_ttl=120))
