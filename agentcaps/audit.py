@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
+from agentcaps.caveats import MAX_RESOURCE_CHARS
 from agentcaps.decision import Decision
 from agentcaps.keys import RootKey
 from agentcaps.mint import MintedToken
@@ -101,6 +102,22 @@ _FIELDS_HEADER = 3
 LIST_FIELDS = frozenset(
     {"chain", "delegation_ids", "audience", "resources", "actions", "purposes", "policies"}
 )
+
+
+# No token allows a longer resource, and names are shorter still.
+MAX_CALLER_TEXT = MAX_RESOURCE_CHARS
+_CLIPPED = "…[clipped]"
+
+
+def caller_text(text: str) -> str:
+    """Text a caller sent, as an event keeps it: at most MAX_CALLER_TEXT characters, tokens masked.
+
+    Clipped first, so that masking never scans megabytes; a token cut by the
+    clip is still token-shaped, and masked.
+    """
+    if len(text) > MAX_CALLER_TEXT:
+        text = text[:MAX_CALLER_TEXT] + _CLIPPED
+    return mask_tokens(text)
 
 
 def _clean(value: Any) -> Any:
@@ -244,17 +261,18 @@ def verification_fields(
     """The FIELDS of a verification, straight from a verifier's hand-off (no AuditEvent is built).
 
     The request (resource, action, purpose, actor) is the caller's and
-    untrusted: token-shaped text in it is masked. Names from the decision
+    untrusted: token-shaped text in it is masked, and text longer than any
+    token could allow is clipped (`caller_text`). Names from the decision
     come from an authentic token.
     """
-    if "agc_" in resource:
-        resource = mask_tokens(resource)
-    if "agc_" in action:
-        action = mask_tokens(action)
-    if purpose is not None and "agc_" in purpose:
-        purpose = mask_tokens(purpose)
-    if actor is not None and "agc_" in actor:
-        actor = mask_tokens(actor)
+    if "agc_" in resource or len(resource) > MAX_CALLER_TEXT:
+        resource = caller_text(resource)
+    if "agc_" in action or len(action) > MAX_CALLER_TEXT:
+        action = caller_text(action)
+    if purpose is not None and ("agc_" in purpose or len(purpose) > MAX_CALLER_TEXT):
+        purpose = caller_text(purpose)
+    if actor is not None and ("agc_" in actor or len(actor) > MAX_CALLER_TEXT):
+        actor = caller_text(actor)
     chain = decision.chain
     return [
         "verify",

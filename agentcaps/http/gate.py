@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 
+from agentcaps.caveats import MAX_NAME_CHARS
 from agentcaps.decision import Decision, Reason
 from agentcaps.errors import NeedsIO, NotAllowed, NotAuthenticated, refusal
 from agentcaps.http.rules import PathRefused, Rules
@@ -174,6 +175,9 @@ def _declared(values: Sequence[str], header: str, reason: Reason) -> str | None:
     """
     if len(values) > 1:
         raise NotAllowed(f"{header} is given more than once", reason)
+    if values and len(values[0]) > MAX_NAME_CHARS:
+        # No token names a purpose or an agent this long: refused before it is judged or recorded.
+        raise NotAllowed(f"{header} is longer than {MAX_NAME_CHARS} characters", reason)
     return (values[0] or None) if values else None
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from agentcaps.caveats import check_name, is_canonical_resource
+from agentcaps.caveats import MAX_RESOURCE_CHARS, check_name, is_canonical_resource
 from agentcaps.decision import Reason
 from agentcaps.errors import ConfigError, InvalidArgument, NotAllowed
 
@@ -52,6 +52,9 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
 }
 
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
+# The longest path whose resource can be allowed: MAX_RESOURCE_CHARS characters,
+# each up to four UTF-8 bytes, each byte percent-encoded.
+_MAX_PATH_CHARS = 1 + 12 * MAX_RESOURCE_CHARS
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Encoded '/', '\' and NUL: a server may decode them after we have split the path.
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
@@ -79,6 +82,9 @@ def path_segments(target: str) -> tuple[str, ...]:
         PathRefused: a path that is not exactly one unambiguous resource.
     """
     path = target.split("?", 1)[0]
+    if len(path) > _MAX_PATH_CHARS:
+        # Before any other work: such a path never names a resource a token can allow.
+        raise PathRefused(f"longer than {_MAX_PATH_CHARS} characters")
     if "#" in path:
         # A fragment never reaches a server; a "#" that did is a path some
         # servers (uvicorn's h11) keep whole, and must not be judged cut short.
@@ -105,6 +111,13 @@ def path_segments(target: str) -> tuple[str, ...]:
             raise PathRefused("an empty, '.' or '..' segment")
         segments.append(segment)
     return tuple(segments)
+
+
+def _bounded(resource: str) -> str:
+    """`resource`, if a token could allow it: no resource is longer than MAX_RESOURCE_CHARS."""
+    if len(resource) > MAX_RESOURCE_CHARS:
+        raise PathRefused(f"its resource is longer than {MAX_RESOURCE_CHARS} characters")
+    return resource
 
 
 def _decoded(raw: str) -> str:
@@ -208,10 +221,11 @@ class Rules:
             if captured is None:
                 continue
             captured["path"] = whole
-            return Target(_fill(route.resource, captured), route.action or self.action_for(method))
+            resource = _fill(route.resource, captured)
+            return Target(_bounded(resource), route.action or self.action_for(method))
         if self.unmatched == "deny":
             raise PathRefused("no route rule matches it")
-        return Target(whole, self.action_for(method))
+        return Target(_bounded(whole), self.action_for(method))
 
     @classmethod
     def load(cls, path: str | Path) -> Rules:

@@ -204,3 +204,60 @@ def test_any_method_is_judged_in_every_form(api: Api) -> None:
     refused = api.client.request("MKCOL", "/v1/authz/crm/a", headers=bearer(token))
     assert_error(refused, 403)
     assert refused.headers["x-agentcaps-reason"] == "action_denied"
+
+
+def test_oversized_paths_purposes_and_actors_are_refused_never_echoed_or_recorded(api: Api) -> None:
+    """No token allows a resource over 1024 characters or a name over 256: refused, kept out of the trail."""
+    from tests.http.test_audit import audit
+
+    token = api.agent_token()
+    assert nginx(api, token, "/crm/" + "x" * 1000).status_code == 200  # long, and allowed
+    huge = "/crm/" + "a" * 200_000
+    for response, reason in (
+        (nginx(api, token, huge), "resource_denied"),
+        (nginx(api, token, "/crm/" + "%C3%A9" * 1025), "resource_denied"),  # 1029 once decoded
+        (nginx(api, token, "/crm/1", **{"X-Agentcaps-Purpose": "p" * 100_000}), "purpose_denied"),
+        (nginx(api, token, "/crm/1", **{"X-Agentcaps-Actor": "a" * 100_000}), "actor_mismatch"),
+    ):
+        assert_error(response, 403)
+        assert response.headers["x-agentcaps-reason"] == reason
+        assert len(response.text) < 500
+    assert_error(nginx(api, "agc_AAAA", huge), 401)
+    events = audit(api, kind="verify")
+    assert len(events) >= 6
+    for event in events:
+        for name in ("resource", "purpose", "actor"):
+            assert len(event.get(name) or "") <= 1024, (name, len(event[name]))
+
+
+def test_a_verifier_records_at_most_1024_characters_of_what_a_caller_sent(
+    memory_stores: Stores,
+) -> None:
+    """A library caller may pass anything to Verifier.verify: its audit event clips it."""
+    from agentcaps.audit import MAX_CALLER_TEXT, AuditKind, AuditQuery
+    from agentcaps.stores.audit import open_audit
+
+    trail = open_audit(memory_stores)
+    try:
+        verifier = memory_stores.verifier(audit=trail.recorder)
+        token = memory_stores.minter().mint(
+            customer="acme", user="alice", agent="planner", resources=["crm/**"],
+            actions=["read"], purposes=["sync"], ttl=600,
+        )  # fmt: skip
+        secret = memory_stores.minter().mint(
+            customer="acme", user="alice", agent="planner", resources=["crm/**"],
+            actions=["read"], purposes=["sync"], ttl=600,
+        )  # fmt: skip
+        decision = verifier.verify(
+            token, resource="crm/" + "a" * 50_000, action="r" * 50_000,
+            purpose="x" * 1020 + secret, actor="y" * 50_000,
+        )  # fmt: skip
+        assert decision.reason.value == "actor_mismatch"
+        trail.recorder.flush(5.0)
+        assert trail.log is not None
+        (event,) = trail.log.query(AuditQuery(kind=AuditKind.VERIFY)).events
+        for value in (event.resource, event.action, event.purpose, event.actor):
+            assert value is not None and len(value) <= MAX_CALLER_TEXT + 20
+        assert secret[:30] not in str(event.to_dict())
+    finally:
+        trail.close()
