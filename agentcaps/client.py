@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from agentcaps.config import redact_url
 from agentcaps.errors import AgentCapsError
 from agentcaps.mint import attenuate
 
@@ -123,11 +124,13 @@ class ServiceClient:
         if not url.startswith(("http://", "https://")):
             raise ServiceError(None, "bad_url", "the service URL starts with http:// or https://")
         self._url = url.rstrip("/")
+        # What messages show of the URL: never a password in it.
+        self._shown = redact_url(self._url)
         self._token = token
         self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
 
     def __repr__(self) -> str:
-        return f"ServiceClient(url={self._url!r})"
+        return f"ServiceClient(url={self._shown!r})"
 
     def close(self) -> None:
         self._http.close()
@@ -151,14 +154,19 @@ class ServiceClient:
         `token` overrides the client's credential for this call.
         """
         credential = token or self._token
+        if credential and not (credential.isascii() and credential.isprintable()):
+            # A token file of two lines, a stray CR: no header could carry it.
+            raise ServiceError(None, "bad_token", "the token is not one line of printable text")
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         try:
             response = self._http.request(method, self._url + path, json=body, headers=headers)
+        except httpx.InvalidURL:
+            raise ServiceError(None, "bad_url", f"not a URL httpx can use: {self._shown}") from None
         except httpx.HTTPError as exc:
             raise ServiceError(
                 None,
                 "unreachable",
-                f"cannot reach the service at {self._url} ({type(exc).__name__})",
+                f"cannot reach the service at {self._shown} ({type(exc).__name__})",
             ) from None
         try:
             answer = response.json()

@@ -97,6 +97,8 @@ _ERRORS = (redis.RedisError, RedisClusterException)
 
 _PLATFORM = ""  # the owner name of platform keys in keys:active
 _CHECK_PLAINTEXT = b"agentcaps master key check v1"
+# Key ids are "k" and 16 hex digits; anything named back in an error is at most this.
+_KEY_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NEGATIVE_CACHE_SECONDS = 1.0
 _STREAM_MAXLEN = 100_000
 _READ_COUNT = 1000  # events a replica takes from the stream per read
@@ -538,7 +540,9 @@ class RedisKeyStore:
         """
         key = self._load(kid)
         if key is None:
-            raise UnknownKey(f"no root key {kid}")
+            # The id is the caller's: named back only when it has a key id's shape.
+            shown = kid if _KEY_ID_SHAPE.fullmatch(kid) else "by that id"
+            raise UnknownKey(f"no root key {shown}")
         self._cache[kid] = key
         return key
 
@@ -1434,6 +1438,18 @@ def open_client(
             raise ConfigError(
                 "cannot use the store URL: redis-py cannot read it (check the host, the "
                 "port and the database, and percent-encode '/', '#' and '@' in a password)"
+            ) from None
+        # redis-py hands query options it does not know to each connection it
+        # makes, which then fails with a TypeError: make one now (no I/O) to say so.
+        pool = single.connection_pool
+        try:
+            pool.connection_class(**pool.connection_kwargs)
+        except TypeError as exc:
+            unknown = re.search(r"keyword argument '(\w+)'", str(exc))
+            name = f" ({unknown.group(1)})" if unknown else ""
+            raise ConfigError(
+                f"cannot use the store URL: an option in its query string{name} is not one "
+                "redis-py knows"
             ) from None
         return single, single.close
     if address.topology == "sentinel":

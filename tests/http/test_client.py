@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 import agentcaps
 from agentcaps.client import AgentcapsAuth, ServiceClient, ServiceError
@@ -75,3 +76,18 @@ def test_service_client_raises_the_services_error() -> None:
             assert (exc.status, exc.error, exc.detail) == (403, "forbidden", "no")
         else:  # pragma: no cover
             raise AssertionError("no error")
+
+
+def test_the_service_client_never_shows_a_password_in_its_url_and_names_bad_input() -> None:
+    """Unreachable: the URL without its password; a bad URL or a two-line token: said as such."""
+    client = ServiceClient("http://user:SECRET-PW@127.0.0.1:1", "agc_x", timeout=2)
+    with pytest.raises(ServiceError) as unreachable:
+        client.request("GET", "/v1/keys")
+    assert unreachable.value.error == "unreachable" and "SECRET-PW" not in str(unreachable.value)
+    assert "SECRET-PW" not in repr(client)
+    with pytest.raises(ServiceError) as bad_url:
+        ServiceClient("http://[::1", "agc_x").request("GET", "/v1/keys")
+    assert bad_url.value.error == "bad_url"
+    with pytest.raises(ServiceError) as bad_token:
+        ServiceClient("http://127.0.0.1:1", "agc_a\nagc_b").request("GET", "/v1/keys")
+    assert bad_token.value.error == "bad_token"

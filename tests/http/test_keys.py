@@ -63,3 +63,11 @@ def test_revoking_the_platform_key_kills_every_admin_token(api: Api) -> None:
     ]
     assert api.post(f"/v1/keys/{kid}/revoke", None, api.admin).status_code == 200
     assert assert_error(api.get("/v1/keys", api.admin), 401)["reason"] == "key_revoked"
+
+
+def test_an_unknown_key_id_is_named_back_only_when_it_looks_like_one(api: Api) -> None:
+    """404 for any unknown id; a long or odd one (control characters) is never echoed."""
+    for kid, shown in (("k0123456789abcdef", True), ("a" * 5000, False), ("%00x", False)):
+        response = api.post(f"/v1/keys/{kid}/rotate", token=api.admin)
+        assert_error(response, 404)
+        assert (kid in response.text) is shown and len(response.text) < 300

@@ -75,6 +75,14 @@ def test_a_url_redis_py_cannot_read_is_refused_without_repeating_it(url: str) ->
     assert "hunter2" not in str(refused.value)
 
 
+def test_a_url_option_redis_py_does_not_know_is_a_configuration_error() -> None:
+    """redis-py passes unknown query options to each connection, which fails later: say so now."""
+    url = "redis://:hunter2@127.0.0.1:1/0?colour=blue"
+    with pytest.raises(ConfigError, match=r"query string \(colour\) is not one") as refused:
+        agentcaps.connect(url, settings=Settings(master_key=MASTER_KEY))
+    assert "hunter2" not in str(refused.value) and "blue" not in str(refused.value)
+
+
 @pytest.mark.parametrize("value", ["processes", "Thread", "off", "fork"])
 def test_an_audit_writer_other_than_process_or_thread_is_refused(value: str) -> None:
     """AGENTCAPS_AUDIT_WRITER takes process or thread, nothing else."""
