@@ -147,6 +147,25 @@ class _ManyStarGlob:
         return self._last.search(text, found.end()) is not None
 
 
+_Compiled = tuple[re.Pattern[str] | None, tuple[_ManyStarGlob, ...]]
+
+
+def _compile(globs: Sequence[str]) -> _Compiled:
+    """The matchers of a resources caveat's patterns.
+
+    Patterns with at most one `**` are alternatives of one regex: a single
+    `**` backtracks over one choice only, so in polynomial time.
+    """
+    simple, many = [], []
+    for glob in globs:
+        segments = _segments(glob)
+        if segments.count("**") > 1:
+            many.append(_ManyStarGlob(segments))
+        else:
+            simple.append(_glob_regex(segments))
+    return (re.compile("|".join(simple)) if simple else None), tuple(many)
+
+
 def _str_list(value: object) -> tuple[str, ...]:
     if type(value) is not list:
         raise WrongShape
@@ -284,29 +303,23 @@ class Resources(Caveat):
     code: ClassVar[int] = 5
     name: ClassVar[str] = "resources"
     globs: tuple[str, ...]
-    _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
-    _many_stars: tuple[_ManyStarGlob, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Patterns with at most one `**` are alternatives of one regex: a
-        # single `**` backtracks over one choice only, so in polynomial time.
-        simple, many = [], []
-        for glob in self.globs:
-            segments = _segments(glob)
-            if segments.count("**") > 1:
-                many.append(_ManyStarGlob(segments))
-            else:
-                simple.append(_glob_regex(segments))
-        pattern = re.compile("|".join(simple)) if simple else None
-        object.__setattr__(self, "_pattern", pattern)
-        object.__setattr__(self, "_many_stars", tuple(many))
+    # Compiled on the first match, not on decoding: a token is decoded before
+    # its expiry, audience and actor are judged, and compiling a caveat of
+    # many patterns costs milliseconds, which no token that fails those
+    # checks (an expired one anyone kept) should be able to make us spend.
+    _compiled: _Compiled | None = field(init=False, repr=False, compare=False, default=None)
 
     def matches(self, resource: str) -> bool:
         """True when `resource` (canonical) matches one of the patterns."""
+        compiled = self._compiled
+        if compiled is None:
+            compiled = _compile(self.globs)
+            object.__setattr__(self, "_compiled", compiled)  # the same value in any thread
+        pattern, many_stars = compiled
         text = "/" + resource
-        if self._pattern is not None and self._pattern.fullmatch(text) is not None:
+        if pattern is not None and pattern.fullmatch(text) is not None:
             return True
-        return any(glob.matches(text) for glob in self._many_stars)
+        return any(glob.matches(text) for glob in many_stars)
 
     def wire_value(self) -> object:
         return list(self.globs)
@@ -484,6 +497,9 @@ def decode(cid: bytes) -> Caveat:
 
 DECODED: dict[bytes, Caveat] = {}
 DECODED_MAX = 8192
+# Caveats that recur across tokens are short; a long one is decoded every time,
+# so that the cache's memory stays bounded by its entry count.
+DECODED_MAX_BYTES = 256
 
 
 def decode_cached(cid: bytes) -> Caveat:
@@ -497,7 +513,8 @@ def decode_cached(cid: bytes) -> Caveat:
     caveat = DECODED.get(cid)
     if caveat is None:
         caveat = decode(cid)
-        if len(DECODED) >= DECODED_MAX:
-            DECODED.clear()
-        DECODED[cid] = caveat
+        if len(cid) <= DECODED_MAX_BYTES:
+            if len(DECODED) >= DECODED_MAX:
+                DECODED.clear()
+            DECODED[cid] = caveat
     return caveat

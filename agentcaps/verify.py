@@ -34,6 +34,11 @@ _Decoded = tuple[UnverifiedToken, Claims]
 # which is what lets them expire safely.
 DEFAULT_MAX_LIFETIME = 30 * 24 * 3600
 
+# The caches keep tokens up to this long: what agents carry is well under
+# (8 caveats: about 400 characters). A longer one is decoded and checked
+# every time, so that the caches' memory stays bounded by their entry counts.
+MAX_CACHED_TOKEN_CHARS = 4096
+
 
 class Verifier:
     """Decides requests against tokens.
@@ -232,7 +237,7 @@ class Verifier:
             expected = signature.chain(key.derived, raw.identifier, raw.cids, vids)
             if not signature.signatures_equal(expected, raw.signature):
                 return deny(Reason.BAD_SIGNATURE)
-            if self._signature_cache_size:
+            if self._signature_cache_size and len(token) <= MAX_CACHED_TOKEN_CHARS:  # type: ignore[arg-type]  # decoded: a str
                 if len(self._signed) >= self._signature_cache_size:
                     self._signed.clear()
                 self._signed[token] = key.derived  # type: ignore[index]  # decoded: a str
@@ -247,7 +252,7 @@ class Verifier:
     def _remember(self, token: str, unverified: UnverifiedToken) -> _Decoded:
         """The token's claims, kept for its next verification (decode cache)."""
         decoded = (unverified, summarize(unverified.caveats))
-        if self._decode_cache_size:
+        if self._decode_cache_size and len(token) <= MAX_CACHED_TOKEN_CHARS:
             if len(self._decoded) >= self._decode_cache_size:
                 self._decoded.clear()
             self._decoded[token] = decoded

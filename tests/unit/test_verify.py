@@ -636,3 +636,35 @@ def test_authenticate_denies_a_forged_token_bad_signature(token, verifier):
     decision = verifier.authenticate(flip_last_signature_bit(token))
     assert decision.reason is Reason.BAD_SIGNATURE
     assert_no_identity(decision)
+
+
+def test_a_token_of_many_patterns_is_compiled_only_when_judged_and_never_cached(
+    memory_stores, clock, monkeypatch
+):
+    """Any holder can append caveats of many patterns, whose regexes cost milliseconds and kilobytes.
+
+    Expired, they are never compiled; in force, compiled to be matched; either
+    way, neither the token nor its long caveats stay in the verifier's caches.
+    """
+    from agentcaps.verify import MAX_CACHED_TOKEN_CHARS
+
+    compiled = []
+    real = cv._compile
+    monkeypatch.setattr(cv, "_compile", lambda globs: compiled.append(globs) or real(globs))
+    monkeypatch.setattr(cv, "DECODED", {})
+    token = memory_stores.minter(clock=clock).mint(**SCOPE)
+    for n in range(4):
+        token = agentcaps.attenuate(
+            token, resources=["crm/**", *(f"**/{n}{i:03x}/**" for i in range(63))], clock=clock
+        )
+    assert len(token) > MAX_CACHED_TOKEN_CHARS
+    verifier = memory_stores.verifier(clock=clock, signature_cache_size=64)
+    clock.advance(3600)
+    assert check(verifier, token).reason is Reason.EXPIRED
+    assert compiled == []
+    clock.advance(-3600)
+    assert check(verifier, token).allowed
+    assert len(compiled) == 5  # the minted caveat, and the four appended
+    assert all(len(cid) <= cv.DECODED_MAX_BYTES for cid in cv.DECODED)
+    assert check(verifier, token).allowed
+    assert len(compiled) == 5 + 4  # decoded again: not kept, nor are its long caveats
