@@ -51,11 +51,20 @@ def check_name(value: object, what: str) -> str:
 
 def check_names(values: object, what: str) -> tuple[str, ...]:
     """Return a non-empty list of names as a tuple, else raise InvalidArgument."""
+    return tuple(check_name(v, what) for v in _checked_list(values, what))
+
+
+def check_resource_globs(values: object, what: str = "resources") -> tuple[str, ...]:
+    """Return a non-empty list of resource patterns as a tuple, else raise InvalidArgument."""
+    return tuple(check_resource_glob(v) for v in _checked_list(values, what))
+
+
+def _checked_list(values: object, what: str) -> list[object] | tuple[object, ...]:
     if isinstance(values, str) or not isinstance(values, (list, tuple)):
         raise InvalidArgument(f"{what} must be a list")
     if not 0 < len(values) <= MAX_LIST_ITEMS:
         raise InvalidArgument(f"{what} must have 1-{MAX_LIST_ITEMS} entries")
-    return tuple(check_name(v, what) for v in values)
+    return values
 
 
 def check_resource_glob(glob: object) -> str:
@@ -66,9 +75,16 @@ def check_resource_glob(glob: object) -> str:
     segments, and `*` inside a literal, are refused so that a pattern means one
     thing only.
     """
-    if type(glob) is not str or not 0 < len(glob) <= MAX_RESOURCE_CHARS or not glob.isprintable():
+    if (
+        type(glob) is not str
+        or not 0 < len(glob) <= MAX_RESOURCE_CHARS
+        or not glob.isprintable()
+        or glob[0] == " "
+        or glob[-1] == " "
+    ):
         raise InvalidArgument(
-            f"resource pattern must be 1-{MAX_RESOURCE_CHARS} printable characters"
+            f"resource pattern must be 1-{MAX_RESOURCE_CHARS} printable characters, "
+            "no surrounding space"
         )
     for segment in glob.split("/"):
         if segment in ("", ".", ".."):
@@ -326,13 +342,12 @@ class Resources(Caveat):
 
     @classmethod
     def from_wire(cls, value: object) -> Caveat:
-        globs = _str_list(value)
+        if type(value) is not list:
+            raise WrongShape
         try:
-            for glob in globs:
-                check_resource_glob(glob)
+            return cls(check_resource_globs(value))
         except InvalidArgument:
             raise WrongShape from None
-        return cls(globs)
 
 
 @register

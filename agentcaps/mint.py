@@ -115,8 +115,7 @@ def _scope_caveats(
 ) -> list[cv.Caveat]:
     out: list[cv.Caveat] = []
     if resources is not None:
-        names = cv.check_names(resources, "resources")
-        out.append(cv.Resources(tuple(cv.check_resource_glob(g) for g in names)))
+        out.append(cv.Resources(cv.check_resource_globs(resources)))
     if actions is not None:
         out.append(cv.Actions(cv.check_names(actions, "actions")))
     if purposes is not None:

@@ -318,6 +318,8 @@ def test_valid_resource_globs_are_accepted(glob):
         "crm\n",
         "crm/\x00",
         "x" * 1025,
+        " crm/*",
+        "crm/* ",
         None,
         5,
         b"crm/*",

@@ -166,6 +166,19 @@ def test_attenuate_resources_narrows_the_resources(token, verifier):
     assert allows(verifier, token, resource="crm/deals/7").allowed
 
 
+def test_resource_patterns_are_not_held_to_the_names_256_characters(minter, token, verifier):
+    """A long pattern is minted, attenuated and decoded: the limits are the pattern's and the caveat's."""
+    long = "crm/contacts/" + "x" * 687  # 700 characters; a caveat is at most 1024 bytes
+    minted = minter.mint(**{**SCOPE, "resources": [long]})
+    assert allows(verifier, minted, resource=long).allowed
+    child = agentcaps.attenuate(token, resources=[long])
+    assert allows(verifier, child, resource=long).allowed
+    assert allows(verifier, child, resource="crm/contacts/42").reason == "resource_denied"
+    assert cv.decode(cv.Resources((long,)).encode()) == cv.Resources((long,))
+    with pytest.raises(InvalidArgument, match="at most 1024 bytes"):
+        agentcaps.attenuate(token, resources=[long + "x" * 300])
+
+
 def test_attenuation_cannot_widen_resources(token, verifier):
     """Adding a broader resources caveat does not grant what the token lacked."""
     child = agentcaps.attenuate(token, resources=["**"])
