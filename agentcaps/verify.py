@@ -96,6 +96,9 @@ class Verifier:
         self._signature_cache_size = signature_cache_size
         # Whether a decision can be made without I/O once the key is cached.
         self._local = bool(getattr(revocations, "local", False))
+        # A key store that empties its cache on a recovery counts it in
+        # `forgets` (the Redis one): see _decide.
+        self._forgetful = keys if hasattr(keys, "forgets") else None
         self._audit = audit
 
     @property
@@ -157,7 +160,10 @@ class Verifier:
         purpose: str | None,
         actor: str | None,
         local_only: bool = False,
+        again: bool = False,
     ) -> Decision:
+        forgetful = self._forgetful
+        forgets = forgetful.forgets if forgetful is not None else 0
         found = self._authentic(token, local_only)
         if isinstance(found, Decision):
             return found
@@ -181,6 +187,11 @@ class Verifier:
                 reason = self._revocations.check(facts)
             except StoreUnavailable:
                 reason = Reason.REVOCATION_UNAVAILABLE
+        if forgetful is not None and forgetful.forgets != forgets and not again:
+            # A recovery emptied the key cache while this decision ran (its own
+            # revocation check may have seen it): the key it used may be one
+            # the store lost, or revoked before the loss. Decide again.
+            return self._decide(token, resource, action, purpose, actor, local_only, True)
         return _decision(unverified, claims, reason)
 
     def authenticate(self, token: object, *, in_force: bool = False) -> Decision:

@@ -397,6 +397,8 @@ class RedisKeyStore:
         self._revocations = revocations
         self._cache: dict[str, RootKey] = {}
         self._missing: dict[str, float] = {}
+        # How many times a recovery emptied the cache (see _forget).
+        self.forgets = 0
         self._checked = False
         self._activate = client.register_script(_ACTIVATE_SCRIPT)
         self._revoke = client.register_script(_REVOKE_KEY_SCRIPT)
@@ -408,6 +410,9 @@ class RedisKeyStore:
         revocations.watch.on_recovery(self._forget)
 
     def _forget(self) -> None:
+        # Counted first: a decision that read a key before this sees the count
+        # move once its revocation check is done (Verifier._decide).
+        self.forgets += 1
         self._cache.clear()
         self._missing.clear()
 

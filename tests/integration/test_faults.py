@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+import agentcaps
 from agentcaps import Reason, Revocation, RevocationKind, StoreUnavailable
 from agentcaps.errors import RevocationStateLost
 from agentcaps.stores.redis import Stores
@@ -200,12 +201,36 @@ def test_lost_revocation_state_fails_closed_until_an_operator_recovers(
     # (which had them in memory) knows them no more: their tokens are
     # unknown_key there, as in a process started after the loss.
     expected = Reason.UNKNOWN_KEY if revocation_lost else Reason.OK
-    scene.poll_until_good_is(expected, RECOVERY, bad_may_pass=revocation_lost)
+    scene.poll_until_good_is(expected, RECOVERY)
     assert scene.decide(scene.bad) is (Reason.UNKNOWN_KEY if revocation_lost else Reason.REVOKED)
     revoke_token(scene.admin, scene.clock, "dd" * 16)
     if revocation_lost:
         fresh = mint(scene.admin, scene.clock)  # a new key, on first use
         assert eventually(lambda: scene.decide(fresh.token) is Reason.OK, what="new tokens verify")
+    scene.healthy()
+
+
+def test_a_key_revoked_then_lost_is_never_allowed_across_the_recovery(
+    redis_backend: RedisBackend, mode: str
+) -> None:
+    """The verifier had the key cached; another process revoked it; the data was lost; then recover.
+
+    Recovery empties every process's key cache, but a decision may already
+    hold the key it read from that cache: not one decision may allow with it.
+    """
+    scene = Scene(redis_backend, mode)
+    kid = agentcaps.inspect(scene.good)["key_id"]
+    assert isinstance(kid, str)
+    scene.admin.keys.revoke(kid)
+    eventually(lambda: scene.decide(scene.good) is Reason.KEY_REVOKED, what="the key revocation")
+    flushall(redis_backend)
+    scene.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, STALENESS + SLACK)
+    scene.admin.store.recover()
+    started = time.monotonic()
+    while (got := scene.decide(scene.good)) is not Reason.UNKNOWN_KEY:
+        assert got is not Reason.OK, "a token of a revoked and lost key was allowed"
+        assert time.monotonic() - started < RECOVERY, got
+        time.sleep(0.002)
     scene.healthy()
 
 
