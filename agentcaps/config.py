@@ -92,8 +92,12 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password (authority, or a query option named `…password`) replaced by `***`."""
-    url = re.sub(r"^([a-z+]+://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
+    """`url` with any password (authority, or a query option named `…password`) replaced by `***`.
+
+    Up to the last `@`: a password typed with an unencoded `/`, `?` or `#`
+    makes the URL malformed, which is just when it gets shown in an error.
+    """
+    url = re.sub(r"^([a-z+]+://[^:/@?#]*):.*@", r"\1:***@", url)
     return re.sub(r"([?&][a-z_]*password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 

@@ -138,7 +138,9 @@ class Gate:
             actor = _declared(actors, "X-Agentcaps-Actor", Reason.ACTOR_MISMATCH)
         except NotAllowed as exc:
             refused = refused or exc
-        resource, action = "", method.lower()
+        # Refused, a request is judged on no resource and no action: what
+        # its client sent (the method too) is neither read nor recorded.
+        resource, action = "", ""
         if refused is None:
             try:
                 resource, action = self.rules.resolve(method, target)

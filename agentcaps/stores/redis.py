@@ -1444,17 +1444,18 @@ def open_client(
                 "cannot use the store URL: redis-py cannot read it (check the host, the "
                 "port and the database, and percent-encode '/', '#' and '@' in a password)"
             ) from None
-        # redis-py hands query options it does not know to each connection it
-        # makes, which then fails with a TypeError: make one now (no I/O) to say so.
+        # redis-py hands query options to each connection it makes, which is
+        # where an unknown one or a bad value fails: make one now (no I/O) to
+        # say so. Named by the option, never its value.
         pool = single.connection_pool
         try:
-            pool.connection_class(**pool.connection_kwargs)
-        except TypeError as exc:
+            pool.connection_class(**pool.connection_kwargs).encoder.encode("")
+        except (TypeError, ValueError, LookupError, redis.RedisError) as exc:
             unknown = re.search(r"keyword argument '(\w+)'", str(exc))
-            name = f" ({unknown.group(1)})" if unknown else ""
+            what = f"({unknown.group(1)}) is not one" if unknown else "has a value"
             raise ConfigError(
-                f"cannot use the store URL: an option in its query string{name} is not one "
-                "redis-py knows"
+                f"cannot use the store URL: an option in its query string {what} redis-py "
+                f"can use ({type(exc).__name__})"
             ) from None
         return single, single.close
     if address.topology == "sentinel":

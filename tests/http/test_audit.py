@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -224,6 +225,13 @@ def test_the_request_id_is_echoed_or_made(api: Api) -> None:
         made = api.get("/healthz", **{"X-Request-Id": bad}).headers["x-request-id"]
         assert made != bad and len(made) == 16
     assert len(api.get("/healthz").headers["x-request-id"]) == 16
+
+
+def test_made_request_ids_say_nothing_of_other_requests(api: Api) -> None:
+    """Random, not counted: two ids a client is given never tell how many requests came between."""
+    made = [int(api.get("/healthz").headers["x-request-id"], 16) for _ in range(50)]
+    assert len(set(made)) == 50
+    assert all(abs(b - a) > 2**20 for a, b in itertools.pairwise(made))
 
 
 def test_metrics_scrape_cleanly_and_count(api: Api) -> None:

@@ -218,6 +218,7 @@ def test_oversized_paths_purposes_and_actors_are_refused_never_echoed_or_recorde
         (nginx(api, token, "/crm/" + "%C3%A9" * 1025), "resource_denied"),  # 1029 once decoded
         (nginx(api, token, "/crm/1", **{"X-Agentcaps-Purpose": "p" * 100_000}), "purpose_denied"),
         (nginx(api, token, "/crm/1", **{"X-Agentcaps-Actor": "a" * 100_000}), "actor_mismatch"),
+        (nginx(api, token, "/crm/1", method="Q" * 5000), "resource_denied"),
     ):
         assert_error(response, 403)
         assert response.headers["x-agentcaps-reason"] == reason
@@ -228,6 +229,7 @@ def test_oversized_paths_purposes_and_actors_are_refused_never_echoed_or_recorde
     for event in events:
         for name in ("resource", "purpose", "actor"):
             assert len(event.get(name) or "") <= 1024, (name, len(event[name]))
+        assert len(event.get("action") or "") <= 20  # a refused method is not recorded
 
 
 def test_a_verifier_records_at_most_1024_characters_of_what_a_caller_sent(

@@ -61,10 +61,12 @@ def test_a_master_key_file_holding_text_must_hold_a_key_in_text(tmp_path: Path) 
         "rediss://127.0.0.1:6380/0?ssl_password=KEYFILE-SECRET",
         "redis://h:6379/0?password=KEYFILE-SECRET",
         "redis+sentinel://h:26379/mymaster?sentinel_password=KEYFILE-SECRET",
+        "redis://:KEYFILE/SECRET@h:6379/0",
+        "http://user:KEYFILE?SECRET#x@h:8080",
     ],
 )
 def test_redact_hides_every_password_option(url: str) -> None:
-    assert "KEYFILE-SECRET" not in redact_url(url)
+    assert "SECRET" not in redact_url(url)
 
 
 @pytest.mark.parametrize("url", ["redis://admin:hunter2/0", "redis://:hunter2/PW@h/0"])
@@ -81,6 +83,12 @@ def test_a_url_option_redis_py_does_not_know_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match=r"query string \(colour\) is not one") as refused:
         agentcaps.connect(url, settings=Settings(master_key=MASTER_KEY))
     assert "hunter2" not in str(refused.value) and "blue" not in str(refused.value)
+    for option in ("protocol=4", "encoding=bogus-codec"):
+        with pytest.raises(ConfigError, match="has a value redis-py can use") as refused:
+            agentcaps.connect(
+                f"redis://:hunter2@127.0.0.1:1/0?{option}", settings=Settings(master_key=MASTER_KEY)
+            )
+        assert "hunter2" not in str(refused.value) and "bogus" not in str(refused.value)
 
 
 @pytest.mark.parametrize("value", ["processes", "Thread", "off", "fork"])
