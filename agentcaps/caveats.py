@@ -9,8 +9,9 @@ supported. Numbers are never reused.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeGuard
 
@@ -21,6 +22,10 @@ MAX_NAME_CHARS = 256
 MAX_LIST_ITEMS = 64
 MAX_RESOURCE_CHARS = 1024
 DELEGATION_ID_BYTES = 16
+# Resource patterns in all of a token's resources caveats: a bound on the work
+# any holder can make a verifier do by appending patterns (one caveat already
+# holds at most MAX_LIST_ITEMS).
+MAX_RESOURCE_PATTERNS = 64
 
 # Names (customers, users, agents, actions, purposes, audiences) are printable
 # text in Python's sense (str.isprintable: no control, format or separator
@@ -115,6 +120,44 @@ def _segments(glob: str) -> list[str]:
     return out
 
 
+Matcher = Callable[[str], bool]
+
+
+def glob_matcher(glob: str) -> Matcher:
+    """A function of a canonical resource that says whether `glob` matches it.
+
+    The shapes nearly every pattern has (`crm/contacts/42`, `crm/**`) are
+    plain string tests. Any other is a regex, compiled when first matched and
+    kept in a bounded cache shared by every token (`_compiled`), so that the
+    patterns a holder appends cost this process no memory beyond it.
+    """
+    segments = _segments(glob)
+    if "*" not in segments and "**" not in segments:
+        return lambda resource: resource == glob  # these segments exactly
+    if segments[-1] == "**" and "*" not in segments and segments.count("**") == 1:
+        head = "/".join(segments[:-1])
+        if not head:
+            return lambda resource: True  # `**`: every resource
+        below = head + "/"
+        return lambda resource: resource == head or resource.startswith(below)
+    return lambda resource: _compiled(glob)("/" + resource)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(glob: str) -> Callable[[str], bool]:
+    """The regex matcher of `glob`, applied to "/" + resource.
+
+    A pattern with at most one `**` is one regex: a single `**` backtracks
+    over one choice only, so in polynomial time. One with more is cut into
+    runs (`_ManyStarGlob`).
+    """
+    segments = _segments(glob)
+    if segments.count("**") > 1:
+        return _ManyStarGlob(segments).matches
+    fullmatch = re.compile(_glob_regex(segments)).fullmatch
+    return lambda text: fullmatch(text) is not None
+
+
 def _run_regex(segments: Sequence[str]) -> str:
     # Matched against "/" + resource, so every segment carries its own slash.
     return "".join("/[^/]+" if s == "*" else "/" + re.escape(s) for s in segments)
@@ -161,25 +204,6 @@ class _ManyStarGlob:
             if found is None:
                 return False
         return self._last.search(text, found.end()) is not None
-
-
-_Compiled = tuple[re.Pattern[str] | None, tuple[_ManyStarGlob, ...]]
-
-
-def _compile(globs: Sequence[str]) -> _Compiled:
-    """The matchers of a resources caveat's patterns.
-
-    Patterns with at most one `**` are alternatives of one regex: a single
-    `**` backtracks over one choice only, so in polynomial time.
-    """
-    simple, many = [], []
-    for glob in globs:
-        segments = _segments(glob)
-        if segments.count("**") > 1:
-            many.append(_ManyStarGlob(segments))
-        else:
-            simple.append(_glob_regex(segments))
-    return (re.compile("|".join(simple)) if simple else None), tuple(many)
 
 
 def _str_list(value: object) -> tuple[str, ...]:
@@ -319,23 +343,22 @@ class Resources(Caveat):
     code: ClassVar[int] = 5
     name: ClassVar[str] = "resources"
     globs: tuple[str, ...]
-    # Compiled on the first match, not on decoding: a token is decoded before
-    # its expiry, audience and actor are judged, and compiling a caveat of
-    # many patterns costs milliseconds, which no token that fails those
-    # checks (an expired one anyone kept) should be able to make us spend.
-    _compiled: _Compiled | None = field(init=False, repr=False, compare=False, default=None)
+    # Built on the first match, not on decoding: a token is decoded before
+    # its expiry, audience and actor are judged.
+    _matchers: tuple[Matcher, ...] | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
 
     def matches(self, resource: str) -> bool:
         """True when `resource` (canonical) matches one of the patterns."""
-        compiled = self._compiled
-        if compiled is None:
-            compiled = _compile(self.globs)
-            object.__setattr__(self, "_compiled", compiled)  # the same value in any thread
-        pattern, many_stars = compiled
-        text = "/" + resource
-        if pattern is not None and pattern.fullmatch(text) is not None:
-            return True
-        return any(glob.matches(text) for glob in many_stars)
+        matchers = self._matchers
+        if matchers is None:
+            matchers = tuple(glob_matcher(glob) for glob in self.globs)
+            object.__setattr__(self, "_matchers", matchers)  # the same value in any thread
+        for matches in matchers:
+            if matches(resource):
+                return True
+        return False
 
     def wire_value(self) -> object:
         return list(self.globs)

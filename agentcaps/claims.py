@@ -33,8 +33,9 @@ _PROBLEM_RANK = {
     Reason.UNKNOWN_CAVEAT: 0,
     Reason.DISCHARGE_MISSING: 1,
     Reason.MALFORMED: 2,
-    Reason.PRINCIPAL_CONFLICT: 3,
-    Reason.DELEGATION_LIMIT: 4,
+    Reason.TOO_LARGE: 3,
+    Reason.PRINCIPAL_CONFLICT: 4,
+    Reason.DELEGATION_LIMIT: 5,
 }
 
 
@@ -45,8 +46,9 @@ class Claims(NamedTuple):
     that type (None: the token has no such caveat). Every resources caveat must
     match on its own, so they are kept as they are. `problem` is set when the
     caveats can never allow anything: unknown or third-party caveats, a missing
-    principal, agent or expiry, a conflicting principal or agent, or more
-    delegations than a max_delegations caveat permits.
+    principal, agent or expiry, a conflicting principal or agent, more
+    delegations than a max_delegations caveat permits, or more resource
+    patterns in all than MAX_RESOURCE_PATTERNS.
     """
 
     problem: Reason | None
@@ -72,6 +74,7 @@ def summarize(caveats: Sequence[cv.Caveat]) -> Claims:
     expires_at: int | None = None
     not_before: int | None = None
     resources: list[cv.Resources] = []
+    patterns = 0
     actions: frozenset[str] | None = None
     purposes: frozenset[str] | None = None
     audiences: frozenset[str] | None = None
@@ -88,6 +91,7 @@ def summarize(caveats: Sequence[cv.Caveat]) -> Claims:
                 expires_at = at
         elif code == _RESOURCES:
             resources.append(caveat)  # type: ignore[arg-type]
+            patterns += len(caveat.globs)  # type: ignore[attr-defined]
         elif code == _ACTIONS:
             names = caveat.actions  # type: ignore[attr-defined]
             actions = frozenset(names) if actions is None else actions.intersection(names)
@@ -124,6 +128,8 @@ def summarize(caveats: Sequence[cv.Caveat]) -> Claims:
 
     if limits and any(len(chain) - seen > limit for limit, seen in limits):
         problems.append(Reason.DELEGATION_LIMIT)
+    if patterns > cv.MAX_RESOURCE_PATTERNS:
+        problems.append(Reason.TOO_LARGE)
     if principal is None or agent is None or expires_at is None:
         problems.append(Reason.MALFORMED)
     elif not resources or actions is None or purposes is None:

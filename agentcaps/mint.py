@@ -345,8 +345,15 @@ def attenuate(
     """
     if ttl is not None and expires_at is not None:
         raise InvalidArgument("give ttl or expires_at, not both")
-    raw = decode_unverified(token, limits).raw
+    unverified = decode_unverified(token, limits)
+    raw = unverified.raw
     caveats = _scope_caveats(resources, actions, purposes, audience)
+    if resources is not None:
+        held = sum(len(c.globs) for c in unverified.caveats if isinstance(c, cv.Resources))
+        if held + len(resources) > cv.MAX_RESOURCE_PATTERNS:
+            raise InvalidArgument(
+                f"a token carries at most {cv.MAX_RESOURCE_PATTERNS} resource patterns in all"
+            )
     if ttl is not None:
         caveats.append(cv.Expires(int(clock()) + _check_ttl(ttl)))
     if expires_at is not None:

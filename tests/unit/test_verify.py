@@ -10,7 +10,7 @@ import agentcaps
 from agentcaps import caveats as cv
 from agentcaps import signature, wire
 from agentcaps.decision import Decision, Reason
-from agentcaps.errors import StoreUnavailable
+from agentcaps.errors import InvalidArgument, StoreUnavailable
 from agentcaps.keys import KeyState, RootKey
 from agentcaps.revocation import Revocation, RevocationKind
 
@@ -638,33 +638,53 @@ def test_authenticate_denies_a_forged_token_bad_signature(token, verifier):
     assert_no_identity(decision)
 
 
-def test_a_token_of_many_patterns_is_compiled_only_when_judged_and_never_cached(
+def test_a_token_of_many_patterns_is_matched_only_when_judged_and_never_cached(
     memory_stores, clock, monkeypatch
 ):
-    """Any holder can append caveats of many patterns, whose regexes cost milliseconds and kilobytes.
+    """Any holder can append caveats of long patterns: nothing is built for them before they are judged.
 
-    Expired, they are never compiled; in force, compiled to be matched; either
-    way, neither the token nor its long caveats stay in the verifier's caches.
+    Expired, their matchers are never built; in force, built to be matched;
+    either way, neither the token nor its long caveats stay in the
+    verifier's caches.
     """
     from agentcaps.verify import MAX_CACHED_TOKEN_CHARS
 
-    compiled = []
-    real = cv._compile
-    monkeypatch.setattr(cv, "_compile", lambda globs: compiled.append(globs) or real(globs))
+    built = []
+    real = cv.glob_matcher
+    monkeypatch.setattr(cv, "glob_matcher", lambda glob: built.append(glob) or real(glob))
     monkeypatch.setattr(cv, "DECODED", {})
     token = memory_stores.minter(clock=clock).mint(**SCOPE)
-    for n in range(4):
-        token = agentcaps.attenuate(
-            token, resources=["crm/**", *(f"**/{n}{i:03x}/**" for i in range(63))], clock=clock
-        )
+    for n in range(5):  # 1 + 5 * 12 patterns: within the 64 a token may carry
+        long = [f"**/{n}{i:02x}/*/{'x' * 40}/**/y" for i in range(11)]
+        token = agentcaps.attenuate(token, resources=["crm/**", *long], clock=clock)
     assert len(token) > MAX_CACHED_TOKEN_CHARS
     verifier = memory_stores.verifier(clock=clock, signature_cache_size=64)
     clock.advance(3600)
     assert check(verifier, token).reason is Reason.EXPIRED
-    assert compiled == []
+    assert built == []
     clock.advance(-3600)
     assert check(verifier, token).allowed
-    assert len(compiled) == 5  # the minted caveat, and the four appended
+    assert len(built) == 1 + 5 * 12
     assert all(len(cid) <= cv.DECODED_MAX_BYTES for cid in cv.DECODED)
     assert check(verifier, token).allowed
-    assert len(compiled) == 5 + 4  # decoded again: not kept, nor are its long caveats
+    assert len(built) == 1 + 2 * 5 * 12  # decoded again: not kept, nor are its long caveats
+
+
+def test_more_than_64_resource_patterns_in_all_are_too_large_and_never_matched(
+    token, verifier, clock, monkeypatch
+):
+    """A bound on the work appended patterns can cause: attenuate refuses, verifiers deny too_large."""
+    built = []
+    real = cv.glob_matcher
+    monkeypatch.setattr(cv, "glob_matcher", lambda glob: built.append(glob) or real(glob))
+    thirty = [f"crm/{i}/**" for i in range(30)]
+    narrowed = agentcaps.attenuate(token, resources=thirty, clock=clock)
+    narrowed = agentcaps.attenuate(narrowed, resources=thirty, clock=clock)  # 1 + 60 patterns
+    assert check(verifier, narrowed, resource="crm/7/x").allowed
+    with pytest.raises(InvalidArgument, match="at most 64 resource patterns"):
+        agentcaps.attenuate(narrowed, resources=thirty[:4], clock=clock)
+    # Written by hand, as another implementation could.
+    built.clear()
+    over = append(narrowed, cv.Resources(tuple(thirty[:4])).encode())
+    assert check(verifier, over, resource="crm/7/x").reason is Reason.TOO_LARGE
+    assert built == []
