@@ -80,6 +80,7 @@ class CustomerView:
     """
 
     _NONCE = 12
+    _ENTRY_CHARS = 41  # the longest stream entry id: 20 digits, "-", 20 digits
 
     def __init__(self, keys: RedisKeyStore, customer: str) -> None:
         self._customer = customer.encode()
@@ -91,7 +92,9 @@ class CustomerView:
         if entry is None:
             return None
         nonce = secrets.token_bytes(self._NONCE)
-        sealed = nonce + self._aead.encrypt(nonce, entry.encode("ascii"), self._customer)
+        # Padded: a cursor's length would otherwise tell how many digits its entry has.
+        plain = entry.encode("ascii").ljust(self._ENTRY_CHARS)
+        sealed = nonce + self._aead.encrypt(nonce, plain, self._customer)
         return SEALED_CURSOR + b64encode(sealed)
 
     def entry(self, cursor: str | None, name: str) -> str | None:
@@ -107,7 +110,7 @@ class CustomerView:
                 raise ValueError
             sealed = b64decode(cursor[len(SEALED_CURSOR) :])
             entry = self._aead.decrypt(sealed[: self._NONCE], sealed[self._NONCE :], self._customer)
-            return entry.decode("ascii")
+            return entry.decode("ascii").rstrip(" ")
         except (ValueError, MalformedToken, InvalidTag):
             message = "not a cursor of this customer's audit pages: pass a page's own"
             raise InvalidBody(

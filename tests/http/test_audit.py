@@ -22,6 +22,7 @@ import agentcaps
 from agentcaps.audit import AuditKind, AuditQuery
 from agentcaps.config import Settings
 from agentcaps.http.app import create_app
+from agentcaps.http.audit import CustomerView
 from agentcaps.http.logs import JsonFormatter
 from agentcaps.http.middleware import AgentcapsMiddleware
 from agentcaps.http.service import Service
@@ -119,6 +120,11 @@ def test_an_issuers_pages_tell_nothing_of_other_customers(api: Api) -> None:
         assert event["id"].startswith("e") and ":" not in event["id"]
     assert len({e["id"] for e in whole["events"]}) == len(whole["events"])
     assert whole["after"].startswith("c1.")
+    # Every cursor is as long as any other, whatever entry it seals.
+    view = CustomerView(api.service.stores.keys, "acme")
+    assert {
+        len(view.cursor(entry) or "") for entry in ("1-0", "1764412801123-10", "9" * 20 + "-9")
+    } == {len(whole["after"])}
     # The same events, one page at a time through the sealed cursors, newest first.
     seen, cursor = [], None
     while True:
