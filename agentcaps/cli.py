@@ -703,6 +703,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from agentcaps.audit import ChainReport, check_chains
 
     report: ChainReport
+    if getattr(args, "url", None) is not None:
+        # A false all-clear is the worst answer this command can give: the
+        # service shows no one every writer's chain, so there is nothing to
+        # check through it.
+        raise UsageError(
+            "audit verify reads the trail itself (AGENTCAPS_REDIS_URL or --redis, or --jsonl "
+            "FILE), not through the service: drop --url"
+        )
+    if args.jsonl is None and (args.redis or Settings.from_env().url) == MEMORY_URL:
+        raise UsageError(
+            "audit verify needs the store the trail is in (AGENTCAPS_REDIS_URL or --redis): "
+            "memory:// would be this command's own, empty one"
+        )
     if args.jsonl is not None:
         from agentcaps.stores.jsonl import read_jsonl
 
@@ -727,6 +740,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     summary = f"{report.checked} event(s) from {len(report.writers)} writer(s) in {where}"
     for note in report.notes[:20]:
         print(f"  note: {note}")
+    if report.ok and not report.checked and not report.writers:
+        # The wrong database, or a trail not written yet: either way nothing
+        # was checked, which must not read as "every chain holds".
+        print(f"{PROG} audit verify: no audit events in {where}: nothing was checked")
+        return 1
     if report.ok:
         print(f"{PROG} audit verify: {summary}: every chain holds")
         return 0

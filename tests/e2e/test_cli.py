@@ -411,3 +411,17 @@ def test_a_token_passed_where_it_does_not_belong_is_not_printed_back(stores: Sto
         result = cli(*args, env=clean_env())
         assert result.returncode == 2 and token not in result.stderr, args
         assert "[token]" in result.stderr
+
+
+def test_audit_verify_never_reports_an_all_clear_it_did_not_check(
+    redis_server: RedisServer, store_env: dict[str, str]
+) -> None:
+    """Through --url, on memory://, or on a store without events: an error, never 'every chain holds'."""
+    through = cli("audit", "--url", "http://127.0.0.1:1", "verify", env=store_env)
+    assert "drop --url" in assert_one_line_error(through, 2)
+    alone = cli("audit", "verify", env=clean_env())
+    assert "needs the store" in assert_one_line_error(alone, 2)
+    empty = cli("audit", "verify", "--redis", redis_server.url.rsplit("/", 1)[0] + "/9",
+                env=store_env)  # fmt: skip
+    assert empty.returncode == 1 and "nothing was checked" in empty.stdout, empty
+    assert "every chain holds" not in empty.stdout
