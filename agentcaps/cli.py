@@ -953,8 +953,13 @@ def check_admin_token(args: argparse.Namespace) -> None:
 
 
 def cmd_admin_token(args: argparse.Namespace, stores: Stores) -> None:
-    from agentcaps.audit import AuditKind, event
-    from agentcaps.service_tokens import mint_admin_token
+    from agentcaps.audit import mint_event
+    from agentcaps.service_tokens import (
+        ADMIN_AGENT,
+        ADMIN_SCOPE,
+        PLATFORM_CUSTOMER,
+        mint_admin_token,
+    )
 
     with _recording(stores) as recorder:
         minted = mint_admin_token(
@@ -962,10 +967,11 @@ def cmd_admin_token(args: argparse.Namespace, stores: Stores) -> None:
         )
         _record(
             recorder,
-            event(
-                AuditKind.MINT, time.time(), caller=_who(), customer="agentcaps", user=args.name,
-                agent="admin", chain=("admin",), token_id=minted.token_id, key_id=minted.key_id,
-                ttl=args.ttl, expires_at=minted.expires_at, allowed=True, reason="ok",
+            mint_event(
+                time.time(), caller=_who(), customer=PLATFORM_CUSTOMER, user=args.name,
+                agent=ADMIN_AGENT, resources=ADMIN_SCOPE["resources"],
+                actions=ADMIN_SCOPE["actions"], purposes=ADMIN_SCOPE["purposes"],
+                audience=ADMIN_SCOPE["audience"], ttl=args.ttl, minted=minted,
                 detail="admin token (agentcaps admin-token)",
             ),
         )  # fmt: skip

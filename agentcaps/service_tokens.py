@@ -37,6 +37,13 @@ ISSUER_AGENT = "issuer"
 ISSUER_USER = "issuer"
 
 ADMIN_ACTIONS = ("admin", "mint", "revoke")
+# What an admin token allows (and what its mint event records).
+ADMIN_SCOPE: dict[str, list[str]] = {
+    "resources": [f"{SERVICE_AUDIENCE}/**"],
+    "actions": list(ADMIN_ACTIONS),
+    "purposes": ["administer"],
+    "audience": [SERVICE_AUDIENCE],
+}
 ISSUER_ACTIONS = ("mint", "revoke", "audit")
 
 
@@ -69,11 +76,11 @@ def mint_admin_token(minter: Minter, *, ttl: int, name: str = "admin") -> Minted
         customer=PLATFORM_CUSTOMER,
         user=name,
         agent=ADMIN_AGENT,
-        resources=[f"{SERVICE_AUDIENCE}/**"],
-        actions=list(ADMIN_ACTIONS),
-        purposes=["administer"],
+        resources=ADMIN_SCOPE["resources"],
+        actions=ADMIN_SCOPE["actions"],
+        purposes=ADMIN_SCOPE["purposes"],
+        audience=ADMIN_SCOPE["audience"],
         ttl=ttl,
-        audience=[SERVICE_AUDIENCE],
         platform_key=True,
     )
 

@@ -212,7 +212,8 @@ def check_replication(info: dict[str, Any], wait_replicas: int | None = None) ->
         return Check(
             "replication",
             Status.OK,
-            "primary with no replicas: a revocation is acknowledged once this server has it",
+            "primary with no replicas connected: a revocation is acknowledged once this server "
+            "has it, unless min-replicas-to-write refuses it (below)",
         )
     return Check(
         "replication",
@@ -271,7 +272,15 @@ def check_min_replicas(config: dict[str, str] | None, replicas: int) -> Check:
             "fail closed until an operator recovers)",
             "set min-replicas-to-write 1 and min-replicas-max-lag 10 (or AGENTCAPS_WAIT_REPLICAS=1)",
         )
-    if replicas <= wanted:
+    if replicas < wanted:
+        return Check(
+            "min-replicas",
+            Status.FAIL,
+            f"min-replicas-to-write {wanted} with {replicas} replica(s) connected: Redis refuses "
+            "every write now, so no revocation, key or audit event can be stored",
+            f"bring back replicas until {wanted} are connected",
+        )
+    if replicas == wanted:
         return Check(
             "min-replicas",
             Status.WARN,

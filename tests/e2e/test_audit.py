@@ -314,3 +314,16 @@ def test_cursors_at_either_end_of_the_stream_give_empty_pages(redis_server: Redi
     assert log.query(query, before="0-0").events == []
     assert log.query(query, after=f"{2**64 - 1}-{2**64 - 1}").events == []
     assert len(log.query(query).events) == 1
+
+
+def test_the_mint_of_an_admin_token_records_what_it_allows(deployment: Deployment) -> None:
+    """`agentcaps admin-token` is the most powerful mint: its event names its whole scope."""
+    d = deployment
+    token_id = agentcaps.inspect(d.admin)["token_id"]
+    (minted,) = [
+        e for e in audit(d, kind="mint", customer="agentcaps") if e["token_id"] == token_id
+    ]
+    assert minted["resources"] == ["agentcaps/**"] and minted["audience"] == ["agentcaps"]
+    assert set(minted["actions"]) == {"admin", "mint", "revoke"}
+    assert minted["purposes"] == ["administer"] and minted["agent"] == "admin"
+    assert minted["allowed"] is True and minted["key_id"] == agentcaps.inspect(d.admin)["key_id"]

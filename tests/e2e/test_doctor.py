@@ -279,7 +279,12 @@ def test_doctor_fails_when_no_sentinel_answers_or_none_knows_the_service(
 
 
 def test_min_replicas_judgements() -> None:
-    """0 warns; as many as there are replicas warns (one loss stops writes); fewer passes; no CONFIG warns."""
+    """0 warns; as many as there are replicas warns (one loss stops writes); fewer passes; no CONFIG warns.
+
+    More than there are replicas fails: Redis refuses every write now.
+    """
+    refusing = check_min_replicas({"min-replicas-to-write": "1"}, 0)
+    assert refusing.status is Status.FAIL and "refuses every write" in refusing.finding
     assert check_min_replicas({"min-replicas-to-write": "0"}, 2).status is Status.WARN
     assert check_min_replicas({"min-replicas-to-write": "1"}, 1).status is Status.WARN
     assert check_min_replicas({"min-replicas-to-write": "1"}, 2).status is Status.OK
