@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import agentcaps
 from agentcaps import policy_cli
+from agentcaps.caveats import check_name
 from agentcaps.config import MEMORY_URL, Settings, new_master_key_text, redact_url
 from agentcaps.errors import (
     AgentCapsError,
@@ -389,8 +390,10 @@ def _report(checks: Sequence[Check]) -> int:
 def cmd_keys_create(args: argparse.Namespace, stores: Stores) -> None:
     from agentcaps.audit import key_event
 
+    # None is the platform: an empty name must not quietly mean it.
+    customer = None if args.customer is None else check_name(args.customer, "--customer")
     with _recording(stores) as recorder:
-        key = stores.keys.create(args.customer)
+        key = stores.keys.create(customer)
         _record(recorder, key_event(time.time(), "create", key, caller=_who()))
     _print_json(key.to_dict())
 

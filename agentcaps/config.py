@@ -12,6 +12,7 @@ from pathlib import Path
 from agentcaps.caveats import check_name
 from agentcaps.errors import ConfigError, InvalidArgument
 from agentcaps.mint import DEFAULT_MAX_TTL
+from agentcaps.service_tokens import SERVICE_AUDIENCE
 from agentcaps.verify import DEFAULT_MAX_LIFETIME
 
 MEMORY_URL = "memory://"
@@ -271,6 +272,12 @@ class Settings:
                 check_name(audience, "AGENTCAPS_AUDIENCE")
             except InvalidArgument as exc:
                 raise ConfigError(str(exc)) from None
+            if audience == SERVICE_AUDIENCE:
+                # Admin and issuer tokens carry it: the gateway would let them through.
+                raise ConfigError(
+                    f"AGENTCAPS_AUDIENCE cannot be {SERVICE_AUDIENCE!r}: the service's own "
+                    "tokens carry that audience"
+                )
         audit = env.get("AGENTCAPS_AUDIT") or "redis"
         # Both refused now, not when the first event is written.
         audit_writer = env.get("AGENTCAPS_AUDIT_WRITER") or None

@@ -425,3 +425,14 @@ def test_audit_verify_never_reports_an_all_clear_it_did_not_check(
                 env=store_env)  # fmt: skip
     assert empty.returncode == 1 and "nothing was checked" in empty.stdout, empty
     assert "every chain holds" not in empty.stdout
+
+
+def test_keys_create_refuses_an_empty_customer_rather_than_rotate_the_platform_key(
+    store_env: dict[str, str],
+) -> None:
+    """--customer "" is no customer's name; the platform key is made only without --customer."""
+    before = ok_json(cli("keys", "list", env=store_env))
+    assert "--customer" in assert_one_line_error(
+        cli("keys", "create", "--customer", "", env=store_env), 1
+    )
+    assert ok_json(cli("keys", "list", env=store_env)) == before

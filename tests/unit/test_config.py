@@ -134,3 +134,9 @@ def test_the_default_audit_writer_is_a_process_only_for_a_real_redis(
 ) -> None:
     """Unset: a writer process when the trail writes a real Redis, a thread otherwise."""
     assert audit_writer_mode(setting, parse_audit(audit), memory) == mode
+
+
+def test_the_service_audience_is_no_gateways_audience() -> None:
+    """AGENTCAPS_AUDIENCE=agentcaps would let admin and issuer tokens through the gateway."""
+    with pytest.raises(ConfigError, match="cannot be 'agentcaps'"):
+        Settings.from_env({"AGENTCAPS_AUDIENCE": "agentcaps"})
