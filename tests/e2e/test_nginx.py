@@ -266,9 +266,9 @@ def test_the_gateway_answers_why_and_keeps_tokens_out_of_logs_and_the_upstream(
 def test_a_token_of_sixteen_kib_passes_the_gateway(stack: Stack) -> None:
     """The token size limit is 16 KiB; nginx's default header buffers would refuse half that."""
     token = stack.mint()
-    while len(token) < 12_000:  # caveats of 20 patterns, each under the 1 KiB caveat limit
+    while len(token) < 12_000:  # caveats of 20 purposes, each under the 1 KiB caveat limit
         token = agentcaps.attenuate(
-            token, resources=[f"crm/{'x' * 12}/{n}" for n in range(20)] + ["crm/**"]
+            token, purposes=[f"{'x' * 20}-{n}" for n in range(20)] + ["sync"]
         )
     assert (
         httpx.get(stack.url + "/crm/a", headers={"Authorization": f"Bearer {token}"}).status_code
