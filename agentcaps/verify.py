@@ -187,7 +187,7 @@ class Verifier:
                 reason = self._revocations.check(facts)
             except StoreUnavailable:
                 reason = Reason.REVOCATION_UNAVAILABLE
-        if forgetful is not None and forgetful.forgets != forgets and not again:
+        if forgetful is not None and (forgetful.forgets != forgets or forgets & 1) and not again:
             # A recovery emptied the key cache while this decision ran (its own
             # revocation check may have seen it): the key it used may be one
             # the store lost, or revoked before the loss. Decide again.

@@ -280,7 +280,11 @@ class EpochWatch:
         self._on_recovery: list[Callable[[], None]] = []
 
     def on_recovery(self, callback: Callable[[], None]) -> None:
-        """Call `callback` when this process moves to an operator's recovery epoch."""
+        """Call `callback` when this process moves to an operator's recovery epoch.
+
+        It runs under this watch's lock, before the new epoch is visible: it
+        must be quick and must not read the store.
+        """
         self._on_recovery.append(callback)
 
     def observe(
@@ -308,7 +312,6 @@ class EpochWatch:
         """
         seq_now = int(seq or 0)
         recovered = int(recovery or 0)
-        moved = False
         with self._lock:
             if since_run != self.run:
                 # Another thread moved this process to another server since
@@ -323,7 +326,11 @@ class EpochWatch:
                 )
             elif self.epoch is None or (epoch != self.epoch and recovered > self.recovered):
                 # First sight, or an operator's newer recovery: start from here.
-                moved = self.epoch is not None
+                if self.epoch is not None:
+                    # What this process remembers of the old state (its keys)
+                    # goes before the new epoch is visible to any thread.
+                    for callback in self._on_recovery:
+                        callback()
                 self.epoch, self.seq, self.lost = epoch, seq_now, None
                 self.recovered = recovered
                 self.run, self.run_seq = run, seq_now
@@ -352,9 +359,6 @@ class EpochWatch:
                     self.run_seq = max(self.run_seq, seq_now)
             if self.lost is not None:
                 raise RevocationStateLost(self.lost)
-        if moved:
-            for callback in self._on_recovery:
-                callback()
 
     def advance(self, seq: int, run: bytes | None = None) -> None:
         """Note a sequence number seen in the event stream, or written, on server `run`.
@@ -397,7 +401,7 @@ class RedisKeyStore:
         self._revocations = revocations
         self._cache: dict[str, RootKey] = {}
         self._missing: dict[str, float] = {}
-        # How many times a recovery emptied the cache (see _forget).
+        # Twice the times a recovery emptied the cache, odd while it does (_forget).
         self.forgets = 0
         self._checked = False
         self._activate = client.register_script(_ACTIVATE_SCRIPT)
@@ -410,11 +414,13 @@ class RedisKeyStore:
         revocations.watch.on_recovery(self._forget)
 
     def _forget(self) -> None:
-        # Counted first: a decision that read a key before this sees the count
-        # move once its revocation check is done (Verifier._decide).
+        # Counted before and after, as a seqlock: a decision that read its
+        # key before this ended sees the count moved, or odd, once its
+        # revocation check is done, and decides again (Verifier._decide).
         self.forgets += 1
         self._cache.clear()
         self._missing.clear()
+        self.forgets += 1
 
     def on_unrecorded_key(self, listener: Callable[[RootKey, str], None]) -> Callable[[], None]:
         """Call `listener(key, why)` with every key made that no caller records; returns the remover.

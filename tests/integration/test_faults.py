@@ -234,6 +234,39 @@ def test_a_key_revoked_then_lost_is_never_allowed_across_the_recovery(
     scene.healthy()
 
 
+def test_no_thread_decides_with_a_stale_key_while_another_takes_in_the_recovery(
+    redis_backend: RedisBackend,
+) -> None:
+    """The thread that notices the recovery empties the key cache before any thread sees the new epoch.
+
+    A pause before the cache is emptied (a slow thread) must not open a window
+    in which another thread, its key read from the old cache, passes the
+    now empty revocation check.
+    """
+    import threading
+
+    scene = Scene(redis_backend, "direct")
+    kid = agentcaps.inspect(scene.good)["key_id"]
+    assert isinstance(kid, str)
+    scene.admin.keys.revoke(kid)
+    eventually(lambda: scene.decide(scene.good) is Reason.KEY_REVOKED, what="the key revocation")
+    flushall(redis_backend)
+    scene.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, STALENESS + SLACK)
+    # White box: the pause goes before the key store's own callback.
+    scene.verifier.revocations.watch._on_recovery.insert(0, lambda: time.sleep(0.3))
+    scene.admin.store.recover()
+    first = threading.Thread(target=scene.decide, args=(scene.good,))
+    first.start()
+    time.sleep(0.05)  # that thread is inside the pause now
+    seen = set()
+    until = time.monotonic() + 0.6
+    while time.monotonic() < until:
+        seen.add(scene.decide(scene.good))
+    first.join()
+    assert Reason.OK not in seen, seen
+    assert scene.decide(scene.good) is Reason.UNKNOWN_KEY
+
+
 def test_a_restore_carrying_an_older_recovery_epoch_still_fails_closed(
     redis_backend: RedisBackend, mode: str
 ) -> None:
