@@ -26,6 +26,8 @@ DELEGATION_ID_BYTES = 16
 # any holder can make a verifier do by appending patterns (one caveat already
 # holds at most MAX_LIST_ITEMS).
 MAX_RESOURCE_PATTERNS = 64
+# Wildcards in one pattern: matching retries at most this many ways per place.
+MAX_PATTERN_WILDCARDS = 16
 
 # Names (customers, users, agents, actions, purposes, audiences) are printable
 # text in Python's sense (str.isprintable: no control, format or separator
@@ -91,13 +93,20 @@ def check_resource_glob(glob: object) -> str:
             f"resource pattern must be 1-{MAX_RESOURCE_CHARS} printable characters, "
             "no surrounding space"
         )
+    wildcards = 0
     for segment in glob.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidArgument("a resource pattern has an empty, '.' or '..' segment")
-        if "*" in segment and segment not in ("*", "**"):
-            raise InvalidArgument(
-                "a resource pattern has '*' inside a segment: '*' is a whole segment"
-            )
+        if "*" in segment:
+            if segment not in ("*", "**"):
+                raise InvalidArgument(
+                    "a resource pattern has '*' inside a segment: '*' is a whole segment"
+                )
+            wildcards += 1
+    if wildcards > MAX_PATTERN_WILDCARDS:
+        raise InvalidArgument(
+            f"a resource pattern has at most {MAX_PATTERN_WILDCARDS} wildcards ('*' or '**')"
+        )
     return glob
 
 
@@ -127,45 +136,48 @@ def glob_matcher(glob: str) -> Matcher:
     """A function of a canonical resource that says whether `glob` matches it.
 
     The shapes nearly every pattern has (`crm/contacts/42`, `crm/**`) are
-    plain string tests. Any other is a regex, compiled when first matched and
-    kept in a bounded cache shared by every token (`_compiled`), so that the
-    patterns a holder appends cost this process no memory beyond it.
+    plain string tests. A pattern with at most one `**` is compared segment
+    by segment in place: what comes before the `**` at the start, what comes
+    after it at the end; no search, no regex. Only a pattern with two or more
+    `**` searches (`_ManyStarGlob`); the few regexes that takes are compiled
+    when first needed and kept in a bounded cache shared by every token, so
+    that the patterns a holder appends cost this process no memory beyond it.
     """
     segments = _segments(glob)
-    if "*" not in segments and "**" not in segments:
+    stars = segments.count("**")
+    if stars == 0 and "*" not in segments:
         return lambda resource: resource == glob  # these segments exactly
-    if segments[-1] == "**" and "*" not in segments and segments.count("**") == 1:
-        head = "/".join(segments[:-1])
-        if not head:
+    if stars == 1 and segments[-1] == "**" and "*" not in segments:
+        prefix = "/".join(segments[:-1])
+        if not prefix:
             return lambda resource: True  # `**`: every resource
-        below = head + "/"
-        return lambda resource: resource == head or resource.startswith(below)
-    return lambda resource: _compiled(glob)("/" + resource)
+        below = prefix + "/"
+        return lambda resource: resource == prefix or resource.startswith(below)
+    if stars == 0:
+        return lambda resource: _fits_exactly(segments, resource.split("/"))
+    if stars == 1:
+        split = segments.index("**")
+        head, tail = segments[:split], segments[split + 1 :]
+        return lambda resource: _fits_ends(head, tail, resource.split("/"))
+    return _ManyStarGlob(segments).matches
 
 
-@functools.lru_cache(maxsize=1024)
-def _compiled(glob: str) -> Callable[[str], bool]:
-    """The regex matcher of `glob`, applied to "/" + resource.
-
-    A pattern with at most one `**` is one regex: a single `**` backtracks
-    over one choice only, so in polynomial time. One with more is cut into
-    runs (`_ManyStarGlob`).
-    """
-    segments = _segments(glob)
-    if segments.count("**") > 1:
-        return _ManyStarGlob(segments).matches
-    fullmatch = re.compile(_glob_regex(segments)).fullmatch
-    return lambda text: fullmatch(text) is not None
+def _fits(run: Sequence[str], parts: list[str], start: int) -> bool:
+    """Whether `run` (literals and `*`) matches the segments from `start` on (they must exist)."""
+    for offset, segment in enumerate(run):
+        if segment != "*" and segment != parts[start + offset]:
+            return False
+    return True
 
 
-def _run_regex(segments: Sequence[str]) -> str:
-    # Matched against "/" + resource, so every segment carries its own slash.
-    return "".join("/[^/]+" if s == "*" else "/" + re.escape(s) for s in segments)
+def _fits_exactly(run: Sequence[str], parts: list[str]) -> bool:
+    return len(parts) == len(run) and _fits(run, parts, 0)
 
 
-def _glob_regex(segments: Sequence[str]) -> str:
-    """One regex for a pattern with at most one `**`; it can stand for zero segments."""
-    return "".join("(?:/[^/]+)*" if s == "**" else _run_regex((s,)) for s in segments)
+def _fits_ends(head: Sequence[str], tail: Sequence[str], parts: list[str]) -> bool:
+    """`head`, then any number of segments (`**`), then `tail`."""
+    end = len(parts) - len(tail)
+    return end >= len(head) and _fits(head, parts, 0) and _fits(tail, parts, end)
 
 
 class _ManyStarGlob:
@@ -174,14 +186,13 @@ class _ManyStarGlob:
     A regex would try every way of sharing segments among the `**`s: time
     exponential in their number, which any token holder could set off. The
     pattern is cut at its `**`s into runs of fixed length instead: the first
-    run must match at the start, the last at the end, and each run between at
-    its leftmost place after the one before (leftmost never hurts the runs
-    that follow). Each run is one regex search, which may retry at each
-    segment: time bounded by the run's length times the resource's, never
-    exponential.
+    run must match at the start and the last at the end (compared in place),
+    and each run between at its leftmost place after the one before
+    (leftmost never hurts the runs that follow): a run of literals is found
+    with `str.find`, one with `*` by a regex search (`_run_search`).
     """
 
-    __slots__ = ("_first", "_last", "_middle")
+    __slots__ = ("_head", "_middle", "_tail")
 
     def __init__(self, segments: Sequence[str]) -> None:
         runs: list[list[str]] = [[]]
@@ -190,20 +201,54 @@ class _ManyStarGlob:
                 runs.append([])
             else:
                 runs[-1].append(segment)
-        # A run ends where a segment ends: "/crm" must not match "/crmx".
-        self._first = re.compile(_run_regex(runs[0]) + r"(?=/|\Z)")
-        self._middle = [re.compile(_run_regex(run) + r"(?=/|\Z)") for run in runs[1:-1]]
-        self._last = re.compile(_run_regex(runs[-1]) + r"\Z")
+        self._head, self._tail = runs[0], runs[-1]
+        self._middle = [_run_finder(run) for run in runs[1:-1]]
 
-    def matches(self, text: str) -> bool:
-        found = self._first.match(text)
-        if found is None:
+    def matches(self, resource: str) -> bool:
+        parts = resource.split("/")
+        head, tail = self._head, self._tail
+        end = len(parts) - len(tail)
+        if end < len(head) or not _fits(head, parts, 0) or not _fits(tail, parts, end):
             return False
-        for run in self._middle:
-            found = run.search(text, found.end())
-            if found is None:
+        # In "/" + resource + "/", the slash before segment i is at i plus
+        # the length of the segments before it.
+        text = "/" + resource + "/"
+        at = len(head) + sum(map(len, parts[: len(head)]))
+        limit = end + sum(map(len, parts[:end]))
+        for find in self._middle:
+            at = find(text, at, limit)
+            if at < 0:
                 return False
-        return self._last.search(text, found.end()) is not None
+        return True
+
+
+# Finds a run in "/" + resource + "/" starting at or after the slash at `at`
+# and ending by the slash at `limit`; returns the slash after it, or -1.
+_Finder = Callable[[str, int, int], int]
+
+
+def _run_finder(run: Sequence[str]) -> _Finder:
+    if "*" not in run:
+        needle = "/" + "/".join(run) + "/"
+
+        def find(text: str, at: int, limit: int) -> int:
+            found = text.find(needle, at, limit + 1)
+            return found if found < 0 else found + len(needle) - 1
+
+        return find
+    source = "".join("/[^/]+" if s == "*" else "/" + re.escape(s) for s in run) + "(?=/)"
+
+    def search(text: str, at: int, limit: int) -> int:
+        found = _run_search(source)(text, at, limit + 1)
+        return -1 if found is None else found.end()
+
+    return search
+
+
+@functools.lru_cache(maxsize=1024)
+def _run_search(source: str) -> Callable[[str, int, int], re.Match[str] | None]:
+    """The compiled search of a run with `*`, shared by every token (bounded)."""
+    return re.compile(source).search
 
 
 def _str_list(value: object) -> tuple[str, ...]:

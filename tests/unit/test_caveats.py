@@ -380,3 +380,33 @@ def test_name_lists_must_be_non_empty_lists_of_names():
     for bad in ("read", [], ["a"] * 65, ["read", ""], None, {"read"}, b"read"):
         with pytest.raises(InvalidArgument):
             cv.check_names(bad, "actions")
+
+
+def test_a_pattern_holds_at_most_16_wildcards():
+    """Matching retries at most that many ways per place: more is refused, minted or decoded."""
+    cv.check_resource_glob("/".join(["*"] * 15 + ["**"]))
+    seventeen = "/".join(["*"] * 16 + ["**"])
+    with pytest.raises(InvalidArgument, match="at most 16 wildcards"):
+        cv.check_resource_glob(seventeen)
+    assert isinstance(cv.decode(_resources_cid(seventeen)), cv.UnknownCaveat)
+
+
+def _resources_cid(glob: str) -> bytes:
+    return wire.encode_caveat(cv.Resources.code, [glob])
+
+
+def test_patterns_of_at_most_one_double_star_and_literal_runs_compile_nothing(monkeypatch):
+    """What any holder can append is matched by comparing segments, or found with str.find."""
+    import re as regex
+
+    monkeypatch.setattr(regex, "compile", None)
+    cases = [
+        ("crm/*/notes/**/x", "crm/a/notes/b/c/x", True),
+        ("**/*/z", "a/b/z", True),
+        ("*/*", "a", False),
+        ("**/a/**/b/**", "x/a/y/b", True),
+        ("**/a/b/**/c", "a/x/b/c", False),
+        ("a/**/b/c/**/d", "a/b/c/d", True),
+    ]
+    for glob, resource, expected in cases:
+        assert cv.Resources((glob,)).matches(resource) is expected, (glob, resource)
