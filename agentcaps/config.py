@@ -95,10 +95,14 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
 def redact_url(url: str) -> str:
     """`url` with any password (authority, or a query option named `…password`) replaced by `***`.
 
-    Up to the last `@`: a password typed with an unencoded `/`, `?` or `#`
-    makes the URL malformed, which is just when it gets shown in an error.
+    Up to the last `@`: a user or password typed with an unencoded `/`, `?`
+    or `#` makes the URL malformed, which is just when it gets shown in an
+    error.
     """
-    url = re.sub(r"^([a-z+]+://[^:/@?#]*):.*@", r"\1:***@", url)
+    # A plain user name is kept; anything odd before the password goes too.
+    url, kept_user = re.subn(r"^([a-z+]+://[^:/@?#]*):.*@", r"\1:***@", url)
+    if not kept_user:
+        url = re.sub(r"^([a-z+]+://)[^@]*:.*@", r"\1***@", url)
     return re.sub(r"([?&][a-z_]*password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 

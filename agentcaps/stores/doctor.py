@@ -461,6 +461,11 @@ def _diagnose_single(
         checks.append(check_persistence(config, info))
         checks.append(check_eviction(info))
         checks.append(check_replication(info, wait_replicas))
+        if str(info.get("role", "")) == "master" and config is not None:
+            wanted = int(config.get("min-replicas-to-write", "0") or 0)
+            if wanted:  # one server: only a setting that refuses writes is news
+                replicas = int(info.get("connected_slaves", 0) or 0)
+                checks.append(check_min_replicas(config, replicas))
         try:
             checks.append(_epoch(client, layout))
         except (StoreUnavailable, *_ERRORS) as exc:

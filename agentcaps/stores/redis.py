@@ -57,6 +57,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from agentcaps.caveats import check_name
 from agentcaps.config import MASTER_KEY_BYTES, MEMORY_URL, Settings
 from agentcaps.config import redact_url as _redact_url
 from agentcaps.decision import Reason
@@ -632,7 +633,13 @@ class RedisKeyStore:
         return key
 
     def create(self, customer: str | None) -> RootKey:
-        """A new active key for `customer`; the previous active one becomes verify-only."""
+        """A new active key for `customer` (None: the platform); the previous active one becomes verify-only.
+
+        Raises:
+            InvalidArgument: `customer` is not a name (an empty one is not the platform).
+        """
+        if customer is not None:
+            check_name(customer, "customer")
         return self._activate_new(customer, only_if_absent=False)[0]
 
     def rotate(self, kid: str) -> RootKey:

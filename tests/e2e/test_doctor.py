@@ -64,6 +64,19 @@ def test_doctor_fails_a_server_without_persistence(redis_server: RedisServer) ->
     assert "failed" in result.stdout.splitlines()[-1]
 
 
+def test_doctor_fails_one_server_whose_min_replicas_refuse_every_write(tmp_path: Path) -> None:
+    """A lone primary with min-replicas-to-write 1 refuses every revocation: FAIL, exit 1."""
+    server = started(tmp_path, appendonly=True)
+    try:
+        redis.Redis.from_url(server.url).config_set("min-replicas-to-write", 1)
+        result = doctor(AGENTCAPS_REDIS_URL=server.url)
+        assert result.returncode == 1, result.stdout
+        refusing = line(result, "min-replicas")
+        assert refusing.split()[0] == "FAIL" and "refuses every write" in refusing
+    finally:
+        server.stop()
+
+
 def test_doctor_passes_aof_always_with_noeviction(tmp_path: Path) -> None:
     """AOF with appendfsync always and noeviction passes every check; exit 0."""
     server = started(tmp_path, appendonly=True)

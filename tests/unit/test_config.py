@@ -63,6 +63,8 @@ def test_a_master_key_file_holding_text_must_hold_a_key_in_text(tmp_path: Path) 
         "redis+sentinel://h:26379/mymaster?sentinel_password=KEYFILE-SECRET",
         "redis://:KEYFILE/SECRET@h:6379/0",
         "http://user:KEYFILE?SECRET#x@h:8080",
+        "redis://svc/ops:KEYFILE-SECRET@h:6379/0",
+        "redis://svc#1:KEYFILE-SECRET@h:6379/0",
     ],
 )
 def test_redact_hides_every_password_option(url: str) -> None:

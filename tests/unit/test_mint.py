@@ -452,3 +452,12 @@ def test_a_mint_never_waits_longer_than_its_bound_even_if_the_clock_steps_back(m
     )
     minter.issue(**SCOPE)
     assert sum(slept) <= 2.0
+
+
+def test_an_empty_customer_name_is_refused_never_read_as_the_platform(memory_stores):
+    """keys.create(None) makes a platform key; "" or a padded name is a mistake, not that."""
+    platform = memory_stores.keys.signing_key(None)
+    for bad in ("", " acme"):
+        with pytest.raises(InvalidArgument):
+            memory_stores.keys.create(bad)
+    assert memory_stores.keys.signing_key(None) == platform
