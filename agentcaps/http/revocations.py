@@ -20,12 +20,23 @@ from agentcaps.decision import Reason
 from agentcaps.errors import InvalidToken, NotAllowed, StoreUnavailable, refusal
 from agentcaps.http.body import parse
 from agentcaps.http.endpoint import Endpoint, respond
+from agentcaps.http.errors import HttpError
 from agentcaps.http.models import RevocationList, RevocationRequest, RevocationResponse
 from agentcaps.http.service import Service, service_of
 from agentcaps.http.tokens import required_bearer
 from agentcaps.mint import as_delegated, as_minted
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 from agentcaps.service_tokens import admin_resource, caller, customer_resource
+
+# Revocations one token (with every copy delegated from it) may make of itself.
+MAX_SELF_REVOCATIONS = 1024
+
+
+class TooManySelfRevocations(HttpError):
+    """A token revoked its own branches as often as one token may."""
+
+    status = 429
+    code = "too_many_revocations"
 
 
 def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocation:
@@ -58,6 +69,15 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
                     "token id or branch with the token it came from, which that would revoke. "
                     "Revoke with that token, or hand copies on with delegate_to",
                     Reason.RESOURCE_DENIED,
+                )
+            # Each self-revocation of a new branch is an entry kept until the
+            # token expires, and branches cost a holder nothing: bound them.
+            until = current.expires_at or now + settings.max_lifetime
+            tid = unverified.identifier.tid.hex()
+            if service.stores.store.count_self_revocation(tid, until) > MAX_SELF_REVOCATIONS:
+                raise TooManySelfRevocations(
+                    f"this token and its delegations revoked themselves {MAX_SELF_REVOCATIONS} "
+                    "times, as many as one token may; its issuer or an admin can revoke it whole"
                 )
             by = caller(target)
         else:
@@ -150,7 +170,7 @@ ENDPOINTS = (
         "Revoke a token, a delegation branch, a key, a customer, a user or an agent",
         body=RevocationRequest,
         responses={201: RevocationResponse},
-        errors=(400, 401, 403, 404, 413, 415, 422, 503),
+        errors=(400, 401, 403, 404, 413, 415, 422, 429, 503),
         auth="token: that token itself, an admin, or an issuer of its customer; customer "
         "(and user): an admin or that customer's issuer; token_id, delegation_id, key_id, "
         "agent: an admin",

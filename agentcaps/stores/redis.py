@@ -137,6 +137,7 @@ class Layout:
         self.rv_meta = base + "rv:meta"
         self.rv_events = base + "rv:events"
         self.rv_runs = base + "rv:runs"
+        self.rv_self = base + "rv:self:"
         self._key_prefix = base + "keys:k:"
 
     def key(self, kid: str) -> str:
@@ -1005,6 +1006,26 @@ class RedisRevocationStore:
             return 0
         info = server.info("replication")
         return int(info.get("connected_slaves", 0))
+
+    def count_self_revocation(self, token_id: str, until: int) -> int:
+        """Count one revocation a token made of itself (a branch of token `token_id`); how many so far.
+
+        Any holder can delegate offline and revoke the new branch with it, as
+        often as it likes: the count, kept until `until` (the token's expiry),
+        lets the caller bound what one token can store.
+
+        Raises:
+            StoreUnavailable: Redis did not answer.
+        """
+        key = self._layout.rv_self + token_id
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expireat(key, until)
+            count, _ = pipe.execute()
+        except _ERRORS as exc:
+            raise _unavailable(exc) from None
+        return int(count)
 
     def revoke(self, revocation: Revocation) -> Revocation:
         """Record a revocation; return it as stored, once Redis (and its replicas) have it.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import agentcaps
 from agentcaps import signature, wire
 from agentcaps.caveats import Delegate
@@ -24,6 +26,28 @@ def test_a_token_revokes_itself_with_no_other_credential(api: Api) -> None:
     assert stored["kind"] == "token" and stored["reason"] == "done"
     assert "planner" in stored["by"] and token not in response.text
     assert reason(api, token) == "revoked"
+
+
+def test_a_token_revokes_its_own_branches_a_bounded_number_of_times(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delegating offline and revoking the new branch costs a holder nothing: one token gets a bounded number."""
+    from agentcaps.http import revocations
+
+    monkeypatch.setattr(revocations, "MAX_SELF_REVOCATIONS", 5)
+    parent = api.agent_token()
+    for _ in range(5):
+        branch = agentcaps.attenuate(parent, delegate_to="x")
+        assert api.post("/v1/revocations", {"token": branch}, branch).status_code == 201
+    branch = agentcaps.attenuate(parent, delegate_to="x")
+    body = assert_error(api.post("/v1/revocations", {"token": branch}, branch), 429)
+    assert body["error"] == "too_many_revocations" and "revoke it whole" in body["detail"]
+    assert reason(api, branch) == "ok"  # not revoked
+    # Its issuer still can; so can another token.
+    issuer = api.issuer()
+    assert api.post("/v1/revocations", {"token": branch}, issuer).status_code == 201
+    other = api.agent_token(agent="writer")
+    assert api.post("/v1/revocations", {"token": other}, other).status_code == 201
 
 
 def test_a_token_revokes_itself_only_while_it_is_in_force(api: Api) -> None:
