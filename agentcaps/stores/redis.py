@@ -1253,10 +1253,14 @@ class ReplicaRevocationStore:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
             except (*_ERRORS, StoreUnavailable) as exc:
+                # Resume from the last event applied, not from a full reload:
+                # a reload of a large index outlasts the staleness bound, and
+                # every check fails closed meanwhile. What a resume cannot
+                # bridge shows when it reads: a sequence gap or an event
+                # trimmed away (reload), a store that went back (loss).
                 log.warning(
                     "revocation replica cannot reach Redis (%s); retrying", type(exc).__name__
                 )
-                self._reload_needed = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
             except Exception:

@@ -145,3 +145,26 @@ def test_a_malformed_event_does_not_stop_the_replica(
     assert reason(replica, clock, mint(admin, clock, user="carol").token) is Reason.OK
     assert replica_threads() == threads
     assert "revocation replica failed" in caplog.text
+
+
+def test_a_dropped_connection_resumes_without_a_reload(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed follower connection resumes from its last event: a reload of a large index would outlast the bound."""
+    clock = redis_backend.clock
+    admin = redis_backend.open()
+    replica = redis_backend.open(revocation_mode="replica", replica_staleness=STALENESS)
+    store = replica.revocations
+    reloads: list[int] = []
+    real = store._reload  # type: ignore[union-attr]
+    monkeypatch.setattr(store, "_reload", lambda: reloads.append(1) or real())
+    before = mint(admin, clock, user="before")
+    admin.revocations.revoke(Revocation(RevocationKind.TOKEN, (before.token_id,), int(clock())))
+    eventually(lambda: reason(replica, clock, before.token) is Reason.REVOKED, what="first")
+    killed = redis_backend.raw.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    after = mint(admin, clock, user="after")
+    admin.revocations.revoke(Revocation(RevocationKind.TOKEN, (after.token_id,), int(clock())))
+    eventually(lambda: reason(replica, clock, after.token) is Reason.REVOKED, what="after the kill")
+    assert reason(replica, clock, before.token) is Reason.REVOKED
+    assert reloads == []
