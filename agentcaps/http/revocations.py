@@ -28,7 +28,7 @@ from agentcaps.mint import as_delegated, as_minted
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 from agentcaps.service_tokens import admin_resource, caller, customer_resource
 
-# Revocations one token (with every copy delegated from it) may make of itself.
+# Branches the copies delegated from one token may revoke by themselves.
 MAX_SELF_REVOCATIONS = 1024
 
 
@@ -70,15 +70,6 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
                     "Revoke with that token, or hand copies on with delegate_to",
                     Reason.RESOURCE_DENIED,
                 )
-            # Each self-revocation of a new branch is an entry kept until the
-            # token expires, and branches cost a holder nothing: bound them.
-            until = current.expires_at or now + settings.max_lifetime
-            tid = unverified.identifier.tid.hex()
-            if service.stores.store.count_self_revocation(tid, until) > MAX_SELF_REVOCATIONS:
-                raise TooManySelfRevocations(
-                    f"this token and its delegations revoked themselves {MAX_SELF_REVOCATIONS} "
-                    "times, as many as one token may; its issuer or an admin can revoke it whole"
-                )
             by = caller(target)
         else:
             assert target.customer is not None  # authentic tokens have a principal
@@ -94,7 +85,22 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
             reason=body.reason,
             by=by,
         )
+        # Each branch a token revokes by itself is an entry kept until the
+        # token expires, and branches cost a holder nothing: a token's tree
+        # gets a bounded number. Revoking the whole token (what its first
+        # holder does) is never refused: it takes every branch anyway.
+        counted = itself and revocation.kind is RevocationKind.BRANCH
+        if counted:
+            tid = unverified.identifier.tid.hex()
+            if service.stores.store.self_revocations(tid) >= MAX_SELF_REVOCATIONS:
+                raise TooManySelfRevocations(
+                    f"this token's delegations revoked themselves {MAX_SELF_REVOCATIONS} times, "
+                    "as many as one token's may; its first holder, its issuer or an admin can "
+                    "revoke it whole"
+                )
         stored = service.stores.revocations.revoke(revocation)
+        if counted:
+            service.stores.store.count_self_revocation(tid, revocation.expires_at or now)
         service.record(revocation_event(service.clock(), stored, target=target))
         return stored
     subject: tuple[str, ...]

@@ -1007,12 +1007,12 @@ class RedisRevocationStore:
         info = server.info("replication")
         return int(info.get("connected_slaves", 0))
 
-    def count_self_revocation(self, token_id: str, until: int) -> int:
-        """Count one revocation a token made of itself (a branch of token `token_id`); how many so far.
+    def count_self_revocation(self, token_id: str, until: int) -> None:
+        """Count one branch of token `token_id` revoked by itself; the count is kept until `until`.
 
         Any holder can delegate offline and revoke the new branch with it, as
-        often as it likes: the count, kept until `until` (the token's expiry),
-        lets the caller bound what one token can store.
+        often as it likes: the count (`self_revocations`) lets the caller
+        bound what one token's tree can store.
 
         Raises:
             StoreUnavailable: Redis did not answer.
@@ -1021,11 +1021,23 @@ class RedisRevocationStore:
         try:
             pipe = self._client.pipeline(transaction=True)
             pipe.incr(key)
-            pipe.expireat(key, until)
-            count, _ = pipe.execute()
+            # Kept as long as the longest-lived branch counted.
+            pipe.expireat(key, until, nx=True)
+            pipe.expireat(key, until, gt=True)
+            pipe.execute()
         except _ERRORS as exc:
             raise _unavailable(exc) from None
-        return int(count)
+
+    def self_revocations(self, token_id: str) -> int:
+        """How many branches of token `token_id` revoked themselves (count_self_revocation).
+
+        Raises:
+            StoreUnavailable: Redis did not answer.
+        """
+        try:
+            return int(cast("bytes | None", self._client.get(self._layout.rv_self + token_id)) or 0)
+        except _ERRORS as exc:
+            raise _unavailable(exc) from None
 
     def revoke(self, revocation: Revocation) -> Revocation:
         """Record a revocation; return it as stored, once Redis (and its replicas) have it.
