@@ -28,6 +28,16 @@ DELEGATION_ID_BYTES = 16
 MAX_RESOURCE_PATTERNS = 64
 # Wildcards in one pattern: matching retries at most this many ways per place.
 MAX_PATTERN_WILDCARDS = 16
+# Single `*` segments in all of a token's patterns: a run with one, between two
+# `**`, is searched with a regex compiled when first needed.
+MAX_RESOURCE_STARS = 64
+
+
+def single_stars(globs: Sequence[str]) -> int:
+    """How many single `*` segments the patterns hold (a `**` is not one)."""
+    joined = "/".join(globs)
+    return joined.count("*") - 2 * joined.count("**")
+
 
 # Names (customers, users, agents, actions, purposes, audiences) are printable
 # text in Python's sense (str.isprintable: no control, format or separator

@@ -48,7 +48,8 @@ class Claims(NamedTuple):
     caveats can never allow anything: unknown or third-party caveats, a missing
     principal, agent or expiry, a conflicting principal or agent, more
     delegations than a max_delegations caveat permits, or more resource
-    patterns in all than MAX_RESOURCE_PATTERNS.
+    patterns in all than MAX_RESOURCE_PATTERNS (or single `*` segments than
+    MAX_RESOURCE_STARS).
     """
 
     problem: Reason | None
@@ -74,7 +75,7 @@ def summarize(caveats: Sequence[cv.Caveat]) -> Claims:
     expires_at: int | None = None
     not_before: int | None = None
     resources: list[cv.Resources] = []
-    patterns = 0
+    patterns = stars = 0
     actions: frozenset[str] | None = None
     purposes: frozenset[str] | None = None
     audiences: frozenset[str] | None = None
@@ -92,6 +93,7 @@ def summarize(caveats: Sequence[cv.Caveat]) -> Claims:
         elif code == _RESOURCES:
             resources.append(caveat)  # type: ignore[arg-type]
             patterns += len(caveat.globs)  # type: ignore[attr-defined]
+            stars += cv.single_stars(caveat.globs)  # type: ignore[attr-defined]
         elif code == _ACTIONS:
             names = caveat.actions  # type: ignore[attr-defined]
             actions = frozenset(names) if actions is None else actions.intersection(names)
@@ -128,7 +130,7 @@ def summarize(caveats: Sequence[cv.Caveat]) -> Claims:
 
     if limits and any(len(chain) - seen > limit for limit, seen in limits):
         problems.append(Reason.DELEGATION_LIMIT)
-    if patterns > cv.MAX_RESOURCE_PATTERNS:
+    if patterns > cv.MAX_RESOURCE_PATTERNS or stars > cv.MAX_RESOURCE_STARS:
         problems.append(Reason.TOO_LARGE)
     if principal is None or agent is None or expires_at is None:
         problems.append(Reason.MALFORMED)

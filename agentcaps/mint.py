@@ -349,10 +349,15 @@ def attenuate(
     raw = unverified.raw
     caveats = _scope_caveats(resources, actions, purposes, audience)
     if resources is not None:
-        held = sum(len(c.globs) for c in unverified.caveats if isinstance(c, cv.Resources))
-        if held + len(resources) > cv.MAX_RESOURCE_PATTERNS:
+        held = [g for c in unverified.caveats if isinstance(c, cv.Resources) for g in c.globs]
+        if len(held) + len(resources) > cv.MAX_RESOURCE_PATTERNS:
             raise InvalidArgument(
                 f"a token carries at most {cv.MAX_RESOURCE_PATTERNS} resource patterns in all"
+            )
+        if cv.single_stars([*held, *resources]) > cv.MAX_RESOURCE_STARS:
+            raise InvalidArgument(
+                f"a token's resource patterns hold at most {cv.MAX_RESOURCE_STARS} single '*' "
+                "segments in all"
             )
     if ttl is not None:
         caveats.append(cv.Expires(int(clock()) + _check_ttl(ttl)))

@@ -688,3 +688,14 @@ def test_more_than_64_resource_patterns_in_all_are_too_large_and_never_matched(
     over = append(narrowed, cv.Resources(tuple(thirty[:4])).encode())
     assert check(verifier, over, resource="crm/7/x").reason is Reason.TOO_LARGE
     assert built == []
+
+
+def test_more_than_64_single_stars_in_all_are_too_large(token, verifier, clock):
+    """Each run with `*` between two `**` may cost a regex compile: a token holds a bounded number."""
+    sixteen = [f"crm/{i}/*/*/*/**" for i in range(16)]  # 48 single stars
+    narrowed = agentcaps.attenuate(token, resources=[*sixteen, "crm/**"], clock=clock)
+    assert check(verifier, narrowed, resource="crm/7/a/b/c").allowed
+    with pytest.raises(InvalidArgument, match="at most 64 single"):
+        agentcaps.attenuate(narrowed, resources=[f"crm/{i}/*/*/*/*" for i in range(5)], clock=clock)
+    over = append(narrowed, cv.Resources(tuple(f"crm/{i}/*/*/*/*" for i in range(5))).encode())
+    assert check(verifier, over, resource="crm/3/a/b/c/d").reason is Reason.TOO_LARGE
