@@ -102,7 +102,7 @@ def redact_url(url: str) -> str:
     # A plain user name is kept; anything odd before the password goes too.
     url, kept_user = re.subn(r"^([a-z+]+://[^:/@?#]*):.*@", r"\1:***@", url)
     if not kept_user:
-        url = re.sub(r"^([a-z+]+://)[^@]*:.*@", r"\1***@", url)
+        url = re.sub(r"^([a-z+]+://).*:.*@", r"\1***@", url)
     return re.sub(r"([?&][a-z_]*password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 

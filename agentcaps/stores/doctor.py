@@ -464,8 +464,9 @@ def _diagnose_single(
         if str(info.get("role", "")) == "master" and config is not None:
             wanted = int(config.get("min-replicas-to-write", "0") or 0)
             if wanted:  # one server: only a setting that refuses writes is news
-                replicas = int(info.get("connected_slaves", 0) or 0)
-                checks.append(check_min_replicas(config, replicas))
+                # Redis counts the replicas within min-replicas-max-lag, not all connected.
+                good = info.get("min_slaves_good_slaves", info.get("connected_slaves", 0))
+                checks.append(check_min_replicas(config, int(good or 0)))
         try:
             checks.append(_epoch(client, layout))
         except (StoreUnavailable, *_ERRORS) as exc:

@@ -532,6 +532,7 @@ class RedisKeyStore:
             return None
         if cached_only:
             raise NeedsIO(f"root key {kid} is not cached")
+        forgets = self.forgets
         try:
             key = self._load(kid)
         except ConfigError as exc:
@@ -542,8 +543,17 @@ class RedisKeyStore:
                 self._missing.clear()
             self._missing[kid] = now + _NEGATIVE_CACHE_SECONDS
             return None
-        self._cache[kid] = key
+        self._keep(key, forgets)
         return key
+
+    def _keep(self, key: RootKey, forgets: int) -> None:
+        """Cache `key`, read when the count of emptyings was `forgets`, unless a recovery came between.
+
+        A key read before a recovery and cached after it would outlive the
+        loss it may have been part of, in every later decision.
+        """
+        if self.forgets == forgets and not forgets & 1:
+            self._cache[key.kid] = key
 
     def fresh(self, kid: str) -> RootKey:
         """The key with this id as Redis has it now (state included).
@@ -551,12 +561,13 @@ class RedisKeyStore:
         Raises:
             UnknownKey: no such key.
         """
+        forgets = self.forgets
         key = self._load(kid)
         if key is None:
             # The id is the caller's: named back only when it has a key id's shape.
             shown = kid if _KEY_ID_SHAPE.fullmatch(kid) else "by that id"
             raise UnknownKey(f"no root key {shown}")
-        self._cache[kid] = key
+        self._keep(key, forgets)
         return key
 
     def list(self) -> list[RootKey]:
@@ -1124,8 +1135,9 @@ class ReplicaRevocationStore:
     blocking read. Each answered read confirms the index as of when it was
     sent; a check made more than `staleness` seconds after the last
     confirmation fails closed (`revocation_unavailable`), as does one made
-    after a detected loss. A gap in the event sequence (the stream was trimmed
-    past us, or we reconnected) triggers a full reload.
+    after a detected loss. A gap in the event sequence (the stream was
+    trimmed past us) or a move to an operator's recovery epoch triggers a
+    full reload; a dropped connection resumes from the last event applied.
     """
 
     local = True  # checks read the in-process index: no I/O
@@ -1150,6 +1162,10 @@ class ReplicaRevocationStore:
         self._last_id = b"0-0"
         self._applied_seq = 0  # the sequence the index is complete up to
         self._reload_needed = True
+        # A recovery epoch is a new store: nothing applied from the old one
+        # says where to resume in it (a follower disconnected through the
+        # loss takes in the recovery without ever seeing the loss).
+        store.watch.on_recovery(self._reload_soon)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(
@@ -1211,6 +1227,9 @@ class ReplicaRevocationStore:
         self._ready.set()
         log.info("revocation replica loaded %d entries at sequence %d", len(index), seq)
 
+    def _reload_soon(self) -> None:
+        self._reload_needed = True
+
     def _follow_once(self) -> None:
         sent = time.monotonic()
         floor = self.watch.seq
@@ -1219,6 +1238,8 @@ class ReplicaRevocationStore:
         pipe.xread({self._layout.rv_events: self._last_id}, block=self._block_ms, count=_READ_COUNT)
         (epoch, recovery, seq, run), reply = pipe.execute()
         self._store.observe(epoch, recovery, seq, floor, run)
+        if self._reload_needed:  # the reading moved this process to a recovery epoch
+            return
         read = 0
         for _stream, events in reply or ():
             for event_id, data in events:

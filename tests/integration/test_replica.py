@@ -168,3 +168,34 @@ def test_a_dropped_connection_resumes_without_a_reload(
     eventually(lambda: reason(replica, clock, after.token) is Reason.REVOKED, what="after the kill")
     assert reason(replica, clock, before.token) is Reason.REVOKED
     assert reloads == []
+
+
+def test_a_follower_away_through_a_loss_and_a_recovery_reloads(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower that never read during a flush takes in the recovery epoch directly: it must reload."""
+    clock = redis_backend.clock
+    admin = redis_backend.open()
+    replica = redis_backend.open(revocation_mode="replica", replica_staleness=STALENESS)
+    store = replica.revocations
+    paused, resume = threading.Event(), threading.Event()
+    real_follow = store._follow_once  # type: ignore[union-attr]
+
+    def away() -> None:
+        paused.set()
+        resume.wait(10)
+        real_follow()
+
+    reloads: list[int] = []
+    real_reload = store._reload  # type: ignore[union-attr]
+    monkeypatch.setattr(store, "_reload", lambda: reloads.append(1) or real_reload())
+    monkeypatch.setattr(store, "_follow_once", away)
+    assert paused.wait(5)
+    redis_backend.raw.flushall()
+    admin.store.recover()
+    after = mint(admin, clock, user="after")
+    admin.revocations.revoke(Revocation(RevocationKind.TOKEN, (after.token_id,), int(clock())))
+    monkeypatch.setattr(store, "_follow_once", real_follow)
+    resume.set()
+    eventually(lambda: reloads != [], what="a reload after the recovery epoch")
+    eventually(lambda: reason(replica, clock, after.token) is Reason.REVOKED, what="the new one")

@@ -65,6 +65,7 @@ def test_a_master_key_file_holding_text_must_hold_a_key_in_text(tmp_path: Path) 
         "http://user:KEYFILE?SECRET#x@h:8080",
         "redis://svc/ops:KEYFILE-SECRET@h:6379/0",
         "redis://svc#1:KEYFILE-SECRET@h:6379/0",
+        "redis://svc@corp:KEYFILE-SECRET@h:6379/0",
     ],
 )
 def test_redact_hides_every_password_option(url: str) -> None:

@@ -149,3 +149,25 @@ def test_a_str_subclass_posing_as_a_cached_token_is_malformed(memory_stores, clo
     forged = genuine[:-4] + ("BBBB" if genuine.endswith("AAAA") else "AAAA")
     assert verifier.verify(Impostor(forged), **REQUEST).reason is Reason.MALFORMED
     assert verifier.verify(Unhashable(genuine), **REQUEST).reason is Reason.MALFORMED
+
+
+def test_a_key_read_across_a_recovery_is_not_cached(memory_stores, clock, monkeypatch):
+    """A key read before a recovery emptied the cache, and kept after it, would outlive the loss."""
+    keys = memory_stores.keys
+    kid = memory_stores.minter(clock=clock).issue(**SCOPE).key_id
+    keys._forget()  # start from an empty cache
+    loads = []
+    real = keys._load
+
+    def load_while_a_recovery_comes(wanted):
+        loads.append(wanted)
+        key = real(wanted)
+        keys._forget()  # a recovery, while this read was in flight
+        return key
+
+    monkeypatch.setattr(keys, "_load", load_while_a_recovery_comes)
+    assert keys.get(kid) is not None
+    monkeypatch.setattr(keys, "_load", lambda wanted: loads.append(wanted) or real(wanted))
+    assert keys.get(kid) is not None
+    assert loads == [kid, kid]  # read again: the first read was not kept
+    assert keys.get(kid) is not None and loads == [kid, kid]  # now it is
