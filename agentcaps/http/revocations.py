@@ -28,7 +28,7 @@ from agentcaps.mint import as_delegated, as_minted
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 from agentcaps.service_tokens import admin_resource, caller, customer_resource
 
-# Branches the copies delegated from one token may revoke by themselves.
+# Branches of one token that may revoke themselves: first-level ones, and deeper ones.
 MAX_SELF_REVOCATIONS = 1024
 
 
@@ -87,20 +87,24 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
         )
         # Each branch a token revokes by itself is an entry kept until the
         # token expires, and branches cost a holder nothing: a token's tree
-        # gets a bounded number. Revoking the whole token (what its first
-        # holder does) is never refused: it takes every branch anyway.
-        counted = itself and revocation.kind is RevocationKind.BRANCH
-        if counted:
-            tid = unverified.identifier.tid.hex()
-            if service.stores.store.self_revocations(tid) >= MAX_SELF_REVOCATIONS:
+        # gets a bounded number (RedisRevocationStore.reserve_self_revocation).
+        # Revoking the whole token (what its first holder does) is never
+        # refused: it takes every branch anyway.
+        if itself and revocation.kind is RevocationKind.BRANCH:
+            ident = unverified.identifier
+            if not service.stores.store.reserve_self_revocation(
+                ident.tid.hex(),
+                revocation.field(),
+                depth=len(revocation.subject) - 1,
+                until=ident.iat + settings.max_lifetime + 2 * settings.leeway + 1,
+                limit=MAX_SELF_REVOCATIONS,
+            ):
                 raise TooManySelfRevocations(
-                    f"this token's delegations revoked themselves {MAX_SELF_REVOCATIONS} times, "
-                    "as many as one token's may; its first holder, its issuer or an admin can "
-                    "revoke it whole"
+                    f"this token's branches revoked themselves {MAX_SELF_REVOCATIONS} times, as "
+                    "many as one token's may; a holder above this branch, the token's issuer "
+                    "or an admin can still revoke it"
                 )
         stored = service.stores.revocations.revoke(revocation)
-        if counted:
-            service.stores.store.count_self_revocation(tid, revocation.expires_at or now)
         service.record(revocation_event(service.clock(), stored, target=target))
         return stored
     subject: tuple[str, ...]

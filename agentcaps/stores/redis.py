@@ -212,6 +212,18 @@ for _, f in ipairs(expired) do
 end
 """
 
+# A place for one branch revoked by its own holder: 0 if it has one already,
+# 1 if it gets one, -1 if the token's places are all taken. Atomic, so that
+# requests in flight together cannot overshoot.
+#   KEYS: the token's places; ARGV: branch, limit, expire-at
+_RESERVE_SELF_SCRIPT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return 1
+"""
+
 _REVOKE_SCRIPT = _RECORD + "return {seq, run or ''}\n"
 
 # Revoking a root key: its record says so for good, it stops being anyone's
@@ -740,6 +752,7 @@ class RedisRevocationStore:
         self._count_replicas = count_replicas
         self.watch = EpochWatch()
         self._script = client.register_script(_REVOKE_SCRIPT)
+        self._reserve = client.register_script(_RESERVE_SELF_SCRIPT)
         # Told of each revocation in force on the primary whose call failed
         # (its replicas did not confirm it): no caller records it.
         self._unrecorded_listeners: list[Callable[[Revocation], None]] = []
@@ -1018,37 +1031,28 @@ class RedisRevocationStore:
         info = server.info("replication")
         return int(info.get("connected_slaves", 0))
 
-    def count_self_revocation(self, token_id: str, until: int) -> None:
-        """Count one branch of token `token_id` revoked by itself; the count is kept until `until`.
+    def reserve_self_revocation(
+        self, token_id: str, branch: bytes, *, depth: int, until: int, limit: int
+    ) -> bool:
+        """Reserve a place for a branch of token `token_id` revoked by itself; False when none is left.
 
         Any holder can delegate offline and revoke the new branch with it, as
-        often as it likes: the count (`self_revocations`) lets the caller
-        bound what one token's tree can store.
+        often as it likes: each distinct branch takes a place (one already
+        counted takes none), at most `limit` for the token's first-level
+        branches and `limit` for the deeper ones. First-level branches are
+        made only by the token's first holder, so no sub-agent can spend
+        their places. The places are kept until `until`, when no entry of
+        the token can live any more.
 
         Raises:
             StoreUnavailable: Redis did not answer.
         """
-        key = self._layout.rv_self + token_id
+        key = f"{self._layout.rv_self}{token_id}:{'1' if depth == 1 else 'n'}"
         try:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.incr(key)
-            # Kept as long as the longest-lived branch counted.
-            pipe.expireat(key, until, nx=True)
-            pipe.expireat(key, until, gt=True)
-            pipe.execute()
+            reply = self._reserve(keys=[key], args=[branch, limit, until])
         except _ERRORS as exc:
             raise _unavailable(exc) from None
-
-    def self_revocations(self, token_id: str) -> int:
-        """How many branches of token `token_id` revoked themselves (count_self_revocation).
-
-        Raises:
-            StoreUnavailable: Redis did not answer.
-        """
-        try:
-            return int(cast("bytes | None", self._client.get(self._layout.rv_self + token_id)) or 0)
-        except _ERRORS as exc:
-            raise _unavailable(exc) from None
+        return int(cast("int", reply)) >= 0
 
     def revoke(self, revocation: Revocation) -> Revocation:
         """Record a revocation; return it as stored, once Redis (and its replicas) have it.

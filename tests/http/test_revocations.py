@@ -33,26 +33,33 @@ def test_a_tokens_branches_revoke_themselves_a_bounded_number_of_times(
 ) -> None:
     """Delegating offline and revoking the new branch costs a holder nothing: one token's tree gets a bounded number.
 
-    A sub-agent that spends the count cannot stop the token's first holder
-    from revoking the token whole.
+    A sub-agent that spends the places of the deeper branches cannot stop its
+    orchestrator from revoking it, or a sibling from revoking itself; a
+    branch revoked again takes no second place.
     """
     from agentcaps.http import revocations
 
     monkeypatch.setattr(revocations, "MAX_SELF_REVOCATIONS", 5)
     parent = api.agent_token()
-    child = agentcaps.attenuate(parent, delegate_to="subagent")
+    rogue = agentcaps.attenuate(parent, delegate_to="rogue")
+    good = agentcaps.attenuate(parent, delegate_to="good")
     for _ in range(5):
-        branch = agentcaps.attenuate(child, delegate_to="x")
-        assert api.post("/v1/revocations", {"token": branch}, branch).status_code == 201
-    branch = agentcaps.attenuate(child, delegate_to="x")
-    for _ in range(2):  # refused attempts count nothing, and are refused alike
+        branch = agentcaps.attenuate(rogue, delegate_to="x")
+        for _ in range(2):  # again: no second place
+            assert api.post("/v1/revocations", {"token": branch}, branch).status_code == 201
+    branch = agentcaps.attenuate(rogue, delegate_to="x")
+    for _ in range(2):
         body = assert_error(api.post("/v1/revocations", {"token": branch}, branch), 429)
-        assert body["error"] == "too_many_revocations" and "revoke it whole" in body["detail"]
+        assert body["error"] == "too_many_revocations" and "can still revoke it" in body["detail"]
     assert reason(api, branch) == "ok"  # not revoked
-    # Its issuer still can, and the token's first holder can revoke the whole token.
-    assert api.post("/v1/revocations", {"token": branch}, api.issuer()).status_code == 201
+    # First-level branches are the first holder's own: the rogue spent none of theirs.
+    assert api.post("/v1/revocations", {"token": rogue}, rogue).status_code == 201
+    assert api.post("/v1/revocations", {"token": good}, good).status_code == 201
+    assert reason(api, branch) == "revoked" and reason(api, good) == "revoked"
+    assert reason(api, parent) == "ok"
+    # And the first holder can always revoke the whole token.
     assert api.post("/v1/revocations", {"token": parent}, parent).status_code == 201
-    assert reason(api, parent) == "revoked" and reason(api, child) == "revoked"
+    assert reason(api, parent) == "revoked"
 
 
 def test_a_token_revokes_itself_only_while_it_is_in_force(api: Api) -> None:
