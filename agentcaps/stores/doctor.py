@@ -253,6 +253,11 @@ def check_epoch(meta: dict[str, str], has_keys: bool) -> Check:
     return Check("epoch", Status.OK, finding)
 
 
+def good_replicas(info: dict[str, Any], connected: int) -> int:
+    """The replicas min-replicas-to-write counts: those within min-replicas-max-lag, not all connected."""
+    return int(info.get("min_slaves_good_slaves", connected) or 0)
+
+
 def check_min_replicas(config: dict[str, str] | None, replicas: int) -> Check:
     """min-replicas-to-write: a primary that lost its replicas should refuse writes, not acknowledge them alone."""
     if config is None:
@@ -263,6 +268,8 @@ def check_min_replicas(config: dict[str, str] | None, replicas: int) -> Check:
             "make sure min-replicas-to-write is at least 1",
         )
     wanted = int(config.get("min-replicas-to-write", "0") or 0)
+    if config.get("min-replicas-max-lag") == "0":
+        wanted = 0  # Redis switches the setting off with a max lag of 0
     if wanted == 0:
         return Check(
             "min-replicas",
@@ -464,9 +471,8 @@ def _diagnose_single(
         if str(info.get("role", "")) == "master" and config is not None:
             wanted = int(config.get("min-replicas-to-write", "0") or 0)
             if wanted:  # one server: only a setting that refuses writes is news
-                # Redis counts the replicas within min-replicas-max-lag, not all connected.
-                good = info.get("min_slaves_good_slaves", info.get("connected_slaves", 0))
-                checks.append(check_min_replicas(config, int(good or 0)))
+                connected = int(info.get("connected_slaves", 0) or 0)
+                checks.append(check_min_replicas(config, good_replicas(info, connected)))
         try:
             checks.append(_epoch(client, layout))
         except (StoreUnavailable, *_ERRORS) as exc:
@@ -568,7 +574,9 @@ def _diagnose_sentinel(
                 )
             else:
                 checks.append(_replica_safety(replicas))
-            checks.append(check_min_replicas(primary.config, len(replicas)))
+            checks.append(
+                check_min_replicas(primary.config, good_replicas(primary.info, len(replicas)))
+            )
             try:
                 checks.append(_epoch(client, layout))
             except (StoreUnavailable, *_ERRORS) as exc:
@@ -733,7 +741,7 @@ def _diagnose_cluster(
                 "give every master at least one replica",
             )
         checks.append(replication)
-        checks.append(check_min_replicas(home.config, len(replicas)))
+        checks.append(check_min_replicas(home.config, good_replicas(home.info, len(replicas))))
         try:
             checks.append(_epoch(client, layout))
         except (StoreUnavailable, *_ERRORS) as exc:

@@ -1216,17 +1216,23 @@ class ReplicaRevocationStore:
 
     def _reload(self) -> None:
         started = time.monotonic()
-        _epoch, _recovery, seq, last_id = self._store.snapshot()
+        # Cleared first: a recovery taken in while this runs sets it again.
+        self._reload_needed = False
+        epoch, _recovery, seq, last_id = self._store.snapshot()
         entries = self._store.entries(int(self._clock()))
         # The entries are read after the snapshot, in chunks: read the meta
         # again, so that a store emptied meanwhile (FLUSHALL, a restart) is
-        # seen as lost instead of loading as "nothing revoked".
-        self._store.snapshot()
+        # seen as lost instead of loading as "nothing revoked", and one
+        # replaced meanwhile (a recovery) is read again.
+        if self._store.snapshot()[0] != epoch:
+            self._reload_needed = True
+            return
         index: dict[bytes, tuple[int, int]] = {f: entry_times(v) for f, v in entries.items()}
         self.index.replace(index)
         self._last_id = last_id
         self._applied_seq = seq
-        self._reload_needed = False
+        if self._reload_needed:  # a recovery came while this read: read again, confirm nothing
+            return
         self._confirmed_at = started
         self._ready.set()
         log.info("revocation replica loaded %d entries at sequence %d", len(index), seq)

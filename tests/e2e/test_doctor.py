@@ -22,6 +22,7 @@ from agentcaps.stores.doctor import (
     check_persistence,
     check_replication,
     check_version,
+    good_replicas,
 )
 from agentcaps.stores.redis import Layout
 from tests.conftest import RedisServer, real_stores
@@ -298,6 +299,11 @@ def test_min_replicas_judgements() -> None:
     """
     refusing = check_min_replicas({"min-replicas-to-write": "1"}, 0)
     assert refusing.status is Status.FAIL and "refuses every write" in refusing.finding
+    # Redis counts the replicas within the max lag; a max lag of 0 switches the setting off.
+    assert good_replicas({"connected_slaves": 1, "min_slaves_good_slaves": 0}, 1) == 0
+    assert good_replicas({"connected_slaves": 1}, 1) == 1
+    off = check_min_replicas({"min-replicas-to-write": "1", "min-replicas-max-lag": "0"}, 0)
+    assert off.status is Status.WARN
     assert check_min_replicas({"min-replicas-to-write": "0"}, 2).status is Status.WARN
     assert check_min_replicas({"min-replicas-to-write": "1"}, 1).status is Status.WARN
     assert check_min_replicas({"min-replicas-to-write": "1"}, 2).status is Status.OK

@@ -199,3 +199,37 @@ def test_a_follower_away_through_a_loss_and_a_recovery_reloads(
     resume.set()
     eventually(lambda: reloads != [], what="a reload after the recovery epoch")
     eventually(lambda: reason(replica, clock, after.token) is Reason.REVOKED, what="the new one")
+
+
+def test_a_recovery_while_the_follower_reloads_makes_it_read_again(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that read the entries of a store replaced meanwhile keeps nothing of it, and reads again."""
+    clock = redis_backend.clock
+    admin = redis_backend.open()
+    replica = redis_backend.open(revocation_mode="replica", replica_staleness=STALENESS)
+    store = replica.revocations
+    inner = replica.store
+    real_entries = inner.entries
+
+    recovered = threading.Event()
+
+    def entries_then_a_recovery(now: int) -> object:
+        read = real_entries(now)
+        monkeypatch.setattr(inner, "entries", real_entries)  # once
+        redis_backend.raw.flushall()
+        admin.store.recover()
+        recovered.set()
+        return read
+
+    monkeypatch.setattr(inner, "entries", entries_then_a_recovery)
+    reloads: list[int] = []
+    real_reload = store._reload  # type: ignore[union-attr]
+    monkeypatch.setattr(store, "_reload", lambda: reloads.append(1) or real_reload())
+    store._reload_needed = True  # type: ignore[union-attr]
+    assert recovered.wait(10)
+    after = mint(admin, clock, user="after")  # a new key, after the recovery
+    admin.revocations.revoke(Revocation(RevocationKind.TOKEN, (after.token_id,), int(clock())))
+    eventually(lambda: reason(replica, clock, after.token) is Reason.REVOKED, what="the new state")
+    # Read again from the recovered store, not resumed from the old one's position.
+    eventually(lambda: len(reloads) >= 2, what="a second reload")
