@@ -268,8 +268,14 @@ def check_min_replicas(config: dict[str, str] | None, replicas: int) -> Check:
             "make sure min-replicas-to-write is at least 1",
         )
     wanted = int(config.get("min-replicas-to-write", "0") or 0)
-    if config.get("min-replicas-max-lag") == "0":
-        wanted = 0  # Redis switches the setting off with a max lag of 0
+    if wanted and config.get("min-replicas-max-lag") == "0":
+        return Check(
+            "min-replicas",
+            Status.WARN,
+            f"min-replicas-to-write {wanted} is switched off by min-replicas-max-lag 0: a "
+            "primary cut off from its replicas goes on acknowledging revocations on its own copy",
+            "set min-replicas-max-lag 10",
+        )
     if wanted == 0:
         return Check(
             "min-replicas",
@@ -283,8 +289,9 @@ def check_min_replicas(config: dict[str, str] | None, replicas: int) -> Check:
         return Check(
             "min-replicas",
             Status.FAIL,
-            f"min-replicas-to-write {wanted} with {replicas} replica(s) connected: Redis refuses "
-            "every write now, so no revocation, key or audit event can be stored",
+            f"min-replicas-to-write {wanted} with {replicas} replica(s) connected within "
+            "min-replicas-max-lag: Redis refuses every write now, so no revocation, key or "
+            "audit event can be stored",
             f"bring back replicas until {wanted} are connected",
         )
     if replicas == wanted:

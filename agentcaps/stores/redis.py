@@ -1215,9 +1215,17 @@ class ReplicaRevocationStore:
     # -- the follower thread -------------------------------------------------
 
     def _reload(self) -> None:
-        started = time.monotonic()
         # Cleared first: a recovery taken in while this runs sets it again.
+        # A reload that fails is still needed.
         self._reload_needed = False
+        try:
+            self._load_all()
+        except BaseException:
+            self._reload_needed = True
+            raise
+
+    def _load_all(self) -> None:
+        started = time.monotonic()
         epoch, _recovery, seq, last_id = self._store.snapshot()
         entries = self._store.entries(int(self._clock()))
         # The entries are read after the snapshot, in chunks: read the meta

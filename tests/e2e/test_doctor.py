@@ -303,7 +303,7 @@ def test_min_replicas_judgements() -> None:
     assert good_replicas({"connected_slaves": 1, "min_slaves_good_slaves": 0}, 1) == 0
     assert good_replicas({"connected_slaves": 1}, 1) == 1
     off = check_min_replicas({"min-replicas-to-write": "1", "min-replicas-max-lag": "0"}, 0)
-    assert off.status is Status.WARN
+    assert off.status is Status.WARN and "switched off by min-replicas-max-lag 0" in off.finding
     assert check_min_replicas({"min-replicas-to-write": "0"}, 2).status is Status.WARN
     assert check_min_replicas({"min-replicas-to-write": "1"}, 1).status is Status.WARN
     assert check_min_replicas({"min-replicas-to-write": "1"}, 2).status is Status.OK

@@ -97,6 +97,15 @@ class Scene:
             assert self.decide(self.bad) is Reason.REVOKED
             time.sleep(0.01)
 
+    def lose_the_good_tokens_revoked_key(self) -> None:
+        """Revoke the good token's key (another process), then flush: every check fails closed."""
+        kid = agentcaps.inspect(self.good)["key_id"]
+        assert isinstance(kid, str)
+        self.admin.keys.revoke(kid)
+        eventually(lambda: self.decide(self.good) is Reason.KEY_REVOKED, what="the key revocation")
+        flushall(self.backend)
+        self.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, STALENESS + SLACK)
+
     def healthy(self) -> None:
         """The replica's follower thread (if any) is the same and still alive."""
         assert replica_threads() == self.threads
@@ -219,12 +228,7 @@ def test_a_key_revoked_then_lost_is_never_allowed_across_the_recovery(
     hold the key it read from that cache: not one decision may allow with it.
     """
     scene = Scene(redis_backend, mode)
-    kid = agentcaps.inspect(scene.good)["key_id"]
-    assert isinstance(kid, str)
-    scene.admin.keys.revoke(kid)
-    eventually(lambda: scene.decide(scene.good) is Reason.KEY_REVOKED, what="the key revocation")
-    flushall(redis_backend)
-    scene.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, STALENESS + SLACK)
+    scene.lose_the_good_tokens_revoked_key()
     scene.admin.store.recover()
     started = time.monotonic()
     while (got := scene.decide(scene.good)) is not Reason.UNKNOWN_KEY:
@@ -246,12 +250,7 @@ def test_no_thread_decides_with_a_stale_key_while_another_takes_in_the_recovery(
     import threading
 
     scene = Scene(redis_backend, "direct")
-    kid = agentcaps.inspect(scene.good)["key_id"]
-    assert isinstance(kid, str)
-    scene.admin.keys.revoke(kid)
-    eventually(lambda: scene.decide(scene.good) is Reason.KEY_REVOKED, what="the key revocation")
-    flushall(redis_backend)
-    scene.poll_until_good_is(Reason.REVOCATION_UNAVAILABLE, STALENESS + SLACK)
+    scene.lose_the_good_tokens_revoked_key()
     # White box: the pause goes before the key store's own callback.
     scene.verifier.revocations.watch._on_recovery.insert(0, lambda: time.sleep(0.3))
     scene.admin.store.recover()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
 from agentcaps import Reason, Revocation, RevocationKind
 from agentcaps.revocation import RevocationIndex
+from agentcaps.stores.redis import Stores
 from tests.integration.harness import (
     LAYOUT,
     Backend,
@@ -28,6 +30,21 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     name = "redis_backend" if request.param == "redis" else "memory_backend"
     found: RedisBackend | MemoryBackend = request.getfixturevalue(name)
     return found
+
+
+def admin_and_follower(backend: RedisBackend) -> tuple[Stores, Stores, Any]:
+    """An admin's stores, a replica-mode verifier's, and the latter's revocation replica."""
+    admin = backend.open()
+    replica = backend.open(revocation_mode="replica", replica_staleness=STALENESS)
+    return admin, replica, replica.revocations
+
+
+def counted_reloads(store: object, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one with each full reload of a replica store."""
+    reloads: list[int] = []
+    real = store._reload  # type: ignore[attr-defined]
+    monkeypatch.setattr(store, "_reload", lambda: reloads.append(1) or real())
+    return reloads
 
 
 def test_replica_loads_existing_revocations_before_it_is_ready(backend: Backend) -> None:
@@ -152,12 +169,8 @@ def test_a_dropped_connection_resumes_without_a_reload(
 ) -> None:
     """A killed follower connection resumes from its last event: a reload of a large index would outlast the bound."""
     clock = redis_backend.clock
-    admin = redis_backend.open()
-    replica = redis_backend.open(revocation_mode="replica", replica_staleness=STALENESS)
-    store = replica.revocations
-    reloads: list[int] = []
-    real = store._reload  # type: ignore[union-attr]
-    monkeypatch.setattr(store, "_reload", lambda: reloads.append(1) or real())
+    admin, replica, store = admin_and_follower(redis_backend)
+    reloads = counted_reloads(store, monkeypatch)
     before = mint(admin, clock, user="before")
     admin.revocations.revoke(Revocation(RevocationKind.TOKEN, (before.token_id,), int(clock())))
     eventually(lambda: reason(replica, clock, before.token) is Reason.REVOKED, what="first")
@@ -175,9 +188,7 @@ def test_a_follower_away_through_a_loss_and_a_recovery_reloads(
 ) -> None:
     """A follower that never read during a flush takes in the recovery epoch directly: it must reload."""
     clock = redis_backend.clock
-    admin = redis_backend.open()
-    replica = redis_backend.open(revocation_mode="replica", replica_staleness=STALENESS)
-    store = replica.revocations
+    admin, replica, store = admin_and_follower(redis_backend)
     paused, resume = threading.Event(), threading.Event()
     real_follow = store._follow_once  # type: ignore[union-attr]
 
@@ -186,9 +197,7 @@ def test_a_follower_away_through_a_loss_and_a_recovery_reloads(
         resume.wait(10)
         real_follow()
 
-    reloads: list[int] = []
-    real_reload = store._reload  # type: ignore[union-attr]
-    monkeypatch.setattr(store, "_reload", lambda: reloads.append(1) or real_reload())
+    reloads = counted_reloads(store, monkeypatch)
     monkeypatch.setattr(store, "_follow_once", away)
     assert paused.wait(5)
     redis_backend.raw.flushall()
@@ -206,9 +215,7 @@ def test_a_recovery_while_the_follower_reloads_makes_it_read_again(
 ) -> None:
     """A reload that read the entries of a store replaced meanwhile keeps nothing of it, and reads again."""
     clock = redis_backend.clock
-    admin = redis_backend.open()
-    replica = redis_backend.open(revocation_mode="replica", replica_staleness=STALENESS)
-    store = replica.revocations
+    admin, replica, store = admin_and_follower(redis_backend)
     inner = replica.store
     real_entries = inner.entries
 
@@ -223,9 +230,7 @@ def test_a_recovery_while_the_follower_reloads_makes_it_read_again(
         return read
 
     monkeypatch.setattr(inner, "entries", entries_then_a_recovery)
-    reloads: list[int] = []
-    real_reload = store._reload  # type: ignore[union-attr]
-    monkeypatch.setattr(store, "_reload", lambda: reloads.append(1) or real_reload())
+    reloads = counted_reloads(store, monkeypatch)
     store._reload_needed = True  # type: ignore[union-attr]
     assert recovered.wait(10)
     after = mint(admin, clock, user="after")  # a new key, after the recovery
@@ -233,3 +238,26 @@ def test_a_recovery_while_the_follower_reloads_makes_it_read_again(
     eventually(lambda: reason(replica, clock, after.token) is Reason.REVOKED, what="the new state")
     # Read again from the recovered store, not resumed from the old one's position.
     eventually(lambda: len(reloads) >= 2, what="a second reload")
+
+
+def test_a_reload_that_fails_is_still_needed(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis error in the middle of a reload leaves the reload to do, never a resume from the old position."""
+    from agentcaps import StoreUnavailable
+
+    replica = redis_backend.open(revocation_mode="replica", replica_staleness=STALENESS)
+    store, inner = replica.revocations, replica.store
+    real_entries = inner.entries
+    failures = [StoreUnavailable("a timeout in the middle of the entries")]
+
+    def flaky(now: int) -> object:
+        if failures:
+            raise failures.pop()
+        return real_entries(now)
+
+    monkeypatch.setattr(inner, "entries", flaky)
+    reloads = counted_reloads(store, monkeypatch)
+    store._reload_needed = True  # type: ignore[union-attr]
+    eventually(lambda: len(reloads) >= 2, what="the reload, again after the failure")
+    eventually(lambda: not store._reload_needed, what="a reload that completed")  # type: ignore[union-attr]
