@@ -24,19 +24,25 @@ MAX_RESOURCE_CHARS = 1024
 DELEGATION_ID_BYTES = 16
 # Resource patterns in all of a token's resources caveats: a bound on the work
 # any holder can make a verifier do by appending patterns (one caveat already
-# holds at most MAX_LIST_ITEMS).
-MAX_RESOURCE_PATTERNS = 64
+# holds at most MAX_LIST_ITEMS). Each is matched in time linear in its length
+# and the resource's; narrowing adds patterns, so there is room for chains.
+MAX_RESOURCE_PATTERNS = 256
 # Wildcards in one pattern: matching retries at most this many ways per place.
 MAX_PATTERN_WILDCARDS = 16
-# Single `*` segments in all of a token's patterns: a run with one, between two
-# `**`, is searched with a regex compiled when first needed.
+# Single `*` segments in all of a token's patterns with two or more `**`: a run
+# with one, between two `**`, is searched with a regex compiled when first
+# needed. (Patterns with at most one `**` compile nothing.)
 MAX_RESOURCE_STARS = 64
 
 
 def single_stars(globs: Sequence[str]) -> int:
-    """How many single `*` segments the patterns hold (a `**` is not one)."""
-    joined = "/".join(globs)
-    return joined.count("*") - 2 * joined.count("**")
+    """How many single `*` segments the patterns with two or more `**` hold (a `**` is not one)."""
+    count = 0
+    for glob in globs:
+        stars = glob.count("**")
+        if stars > 1:
+            count += glob.count("*") - 2 * stars
+    return count
 
 
 # Names (customers, users, agents, actions, purposes, audiences) are printable

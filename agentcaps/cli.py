@@ -701,6 +701,11 @@ def remote_audit(args: argparse.Namespace, client: ServiceClient) -> int:
     return 0
 
 
+# audit verify's exit code for a trail without a single event: not a break (1),
+# not an all-clear (0); a new deployment, or the wrong store.
+NOTHING_CHECKED = 3
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the chains of the stream (or of a JSON-lines copy); exit 1 naming the first break."""
     from agentcaps.audit import ChainReport, check_chains
@@ -747,7 +752,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         # The wrong database, or a trail not written yet: either way nothing
         # was checked, which must not read as "every chain holds".
         print(f"{PROG} audit verify: no audit events in {where}: nothing was checked")
-        return 1
+        return NOTHING_CHECKED
     if report.ok:
         print(f"{PROG} audit verify: {summary}: every chain holds")
         return 0

@@ -115,7 +115,9 @@ def _scope_caveats(
 ) -> list[cv.Caveat]:
     out: list[cv.Caveat] = []
     if resources is not None:
-        out.append(cv.Resources(cv.check_resource_globs(resources)))
+        globs = cv.check_resource_globs(resources)
+        _check_patterns((), globs)
+        out.append(cv.Resources(globs))
     if actions is not None:
         out.append(cv.Actions(cv.check_names(actions, "actions")))
     if purposes is not None:
@@ -350,15 +352,7 @@ def attenuate(
     caveats = _scope_caveats(resources, actions, purposes, audience)
     if resources is not None:
         held = [g for c in unverified.caveats if isinstance(c, cv.Resources) for g in c.globs]
-        if len(held) + len(resources) > cv.MAX_RESOURCE_PATTERNS:
-            raise InvalidArgument(
-                f"a token carries at most {cv.MAX_RESOURCE_PATTERNS} resource patterns in all"
-            )
-        if cv.single_stars([*held, *resources]) > cv.MAX_RESOURCE_STARS:
-            raise InvalidArgument(
-                f"a token's resource patterns hold at most {cv.MAX_RESOURCE_STARS} single '*' "
-                "segments in all"
-            )
+        _check_patterns(held, resources)
     if ttl is not None:
         caveats.append(cv.Expires(int(clock()) + _check_ttl(ttl)))
     if expires_at is not None:
@@ -383,6 +377,21 @@ def attenuate(
     out = wire.encode_token(narrowed)
     _check_size(narrowed.cids, out, limits)
     return out
+
+
+def _check_patterns(held: Sequence[str], added: Sequence[str]) -> None:
+    """Refuse resource patterns that would make the token `too_large` (claims.summarize's limits)."""
+    if len(held) + len(added) > cv.MAX_RESOURCE_PATTERNS:
+        raise InvalidArgument(
+            f"a token carries at most {cv.MAX_RESOURCE_PATTERNS} resource patterns in all, and "
+            f"this one already holds {len(held)}: narrow it with actions, purposes or ttl, or "
+            "have its issuer mint one with fewer patterns"
+        )
+    if cv.single_stars([*held, *added]) > cv.MAX_RESOURCE_STARS:
+        raise InvalidArgument(
+            f"a token's patterns with two or more '**' hold at most {cv.MAX_RESOURCE_STARS} "
+            "single '*' segments in all"
+        )
 
 
 def _check_size(cids: Sequence[bytes], token: str, limits: wire.Limits) -> None:

@@ -28,8 +28,10 @@ from agentcaps.mint import as_delegated, as_minted
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 from agentcaps.service_tokens import admin_resource, caller, customer_resource
 
-# Branches of one token that may revoke themselves: first-level ones, and deeper ones.
+# Branches of one token that may revoke themselves: first-level ones, deeper
+# ones under each first-level one, and deeper ones in all.
 MAX_SELF_REVOCATIONS = 1024
+MAX_SELF_REVOCATIONS_DEEP = 16 * 1024
 
 
 class TooManySelfRevocations(HttpError):
@@ -93,16 +95,16 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
         if itself and revocation.kind is RevocationKind.BRANCH:
             ident = unverified.identifier
             if not service.stores.store.reserve_self_revocation(
-                ident.tid.hex(),
-                revocation.field(),
-                depth=len(revocation.subject) - 1,
+                revocation.subject,
                 until=ident.iat + settings.max_lifetime + 2 * settings.leeway + 1,
                 limit=MAX_SELF_REVOCATIONS,
+                total=MAX_SELF_REVOCATIONS_DEEP,
             ):
                 raise TooManySelfRevocations(
-                    f"this token's branches revoked themselves {MAX_SELF_REVOCATIONS} times, as "
-                    "many as one token's may; a holder above this branch, the token's issuer "
-                    "or an admin can still revoke it"
+                    "this branch's siblings revoked themselves as often as they may; the "
+                    "token's issuer or an admin can still revoke it (POST /v1/revocations with "
+                    "their token), and so can the holder of its first-level branch, by "
+                    "revoking that branch whole"
                 )
         stored = service.stores.revocations.revoke(revocation)
         service.record(revocation_event(service.clock(), stored, target=target))

@@ -213,14 +213,18 @@ end
 """
 
 # A place for one branch revoked by its own holder: 0 if it has one already,
-# 1 if it gets one, -1 if the token's places are all taken. Atomic, so that
-# requests in flight together cannot overshoot.
-#   KEYS: the token's places; ARGV: branch, limit, expire-at
+# 1 if it gets one, -1 if its group's places or the token's are all taken.
+# Atomic, so that requests in flight together cannot overshoot.
+#   KEYS: the group's places, the token's count
+#   ARGV: branch, the group's limit, the token's limit, expire-at
 _RESERVE_SELF_SCRIPT = """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then return -1 end
 redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('EXPIREAT', KEYS[1], ARGV[3])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+redis.call('INCR', KEYS[2])
+redis.call('EXPIREAT', KEYS[2], ARGV[4])
 return 1
 """
 
@@ -1032,24 +1036,29 @@ class RedisRevocationStore:
         return int(info.get("connected_slaves", 0))
 
     def reserve_self_revocation(
-        self, token_id: str, branch: bytes, *, depth: int, until: int, limit: int
+        self, path: Sequence[str], *, until: int, limit: int, total: int
     ) -> bool:
-        """Reserve a place for a branch of token `token_id` revoked by itself; False when none is left.
+        """Reserve a place for branch `path` (token id, delegation ids) revoked by itself; False when none is left.
 
         Any holder can delegate offline and revoke the new branch with it, as
         often as it likes: each distinct branch takes a place (one already
-        counted takes none), at most `limit` for the token's first-level
-        branches and `limit` for the deeper ones. First-level branches are
-        made only by the token's first holder, so no sub-agent can spend
-        their places. The places are kept until `until`, when no entry of
-        the token can live any more.
+        counted takes none). First-level branches, which only the token's
+        first holder makes, have `limit` places of their own. Deeper ones
+        have `limit` places under each first-level branch, so that no
+        sub-agent spends its siblings', and `total` for the token. The
+        places are kept until `until`, when no entry of the token can live.
 
         Raises:
             StoreUnavailable: Redis did not answer.
         """
-        key = f"{self._layout.rv_self}{token_id}:{'1' if depth == 1 else 'n'}"
+        token_id, first = path[0], path[1]
+        base = self._layout.rv_self + token_id
+        if len(path) == 2:
+            keys, most = [base + ":1", base + ":1:n"], limit
+        else:
+            keys, most = [f"{base}:{first}", base + ":n"], total
         try:
-            reply = self._reserve(keys=[key], args=[branch, limit, until])
+            reply = self._reserve(keys=keys, args=["/".join(path), limit, most, until])
         except _ERRORS as exc:
             raise _unavailable(exc) from None
         return int(cast("int", reply)) >= 0

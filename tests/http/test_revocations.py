@@ -33,9 +33,9 @@ def test_a_tokens_branches_revoke_themselves_a_bounded_number_of_times(
 ) -> None:
     """Delegating offline and revoking the new branch costs a holder nothing: one token's tree gets a bounded number.
 
-    A sub-agent that spends the places of the deeper branches cannot stop its
-    orchestrator from revoking it, or a sibling from revoking itself; a
-    branch revoked again takes no second place.
+    A sub-agent that spends the places under its own branch cannot spend its
+    siblings', nor stop its orchestrator from revoking it; a branch revoked
+    again takes no second place.
     """
     from agentcaps.http import revocations
 
@@ -50,8 +50,11 @@ def test_a_tokens_branches_revoke_themselves_a_bounded_number_of_times(
     branch = agentcaps.attenuate(rogue, delegate_to="x")
     for _ in range(2):
         body = assert_error(api.post("/v1/revocations", {"token": branch}, branch), 429)
-        assert body["error"] == "too_many_revocations" and "can still revoke it" in body["detail"]
+        assert body["error"] == "too_many_revocations" and "issuer or an admin" in body["detail"]
     assert reason(api, branch) == "ok"  # not revoked
+    # The sibling's workers have places of their own.
+    worker = agentcaps.attenuate(good, delegate_to="worker")
+    assert api.post("/v1/revocations", {"token": worker}, worker).status_code == 201
     # First-level branches are the first holder's own: the rogue spent none of theirs.
     assert api.post("/v1/revocations", {"token": rogue}, rogue).status_code == 201
     assert api.post("/v1/revocations", {"token": good}, good).status_code == 201
@@ -60,6 +63,24 @@ def test_a_tokens_branches_revoke_themselves_a_bounded_number_of_times(
     # And the first holder can always revoke the whole token.
     assert api.post("/v1/revocations", {"token": parent}, parent).status_code == 201
     assert reason(api, parent) == "revoked"
+
+
+def test_deeper_self_revocations_are_bounded_for_the_whole_token(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Places under each first-level branch, and a total for the token: a first holder making branches freely is bounded too."""
+    from agentcaps.http import revocations
+
+    monkeypatch.setattr(revocations, "MAX_SELF_REVOCATIONS", 2)
+    monkeypatch.setattr(revocations, "MAX_SELF_REVOCATIONS_DEEP", 3)
+    parent = api.agent_token()
+    answers = []
+    for n in range(3):
+        lead = agentcaps.attenuate(parent, delegate_to=f"lead{n}")
+        for _ in range(2):
+            worker = agentcaps.attenuate(lead, delegate_to="w")
+            answers.append(api.post("/v1/revocations", {"token": worker}, worker).status_code)
+    assert answers == [201, 201, 201, 429, 429, 429]
 
 
 def test_a_token_revokes_itself_only_while_it_is_in_force(api: Api) -> None:

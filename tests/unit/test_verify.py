@@ -670,32 +670,47 @@ def test_a_token_of_many_patterns_is_matched_only_when_judged_and_never_cached(
     assert len(built) == 1 + 2 * 5 * 12  # decoded again: not kept, nor are its long caveats
 
 
-def test_more_than_64_resource_patterns_in_all_are_too_large_and_never_matched(
+def test_too_many_resource_patterns_in_all_are_too_large_and_never_matched(
     token, verifier, clock, monkeypatch
 ):
     """A bound on the work appended patterns can cause: attenuate refuses, verifiers deny too_large."""
     built = []
     real = cv.glob_matcher
     monkeypatch.setattr(cv, "glob_matcher", lambda glob: built.append(glob) or real(glob))
-    thirty = [f"crm/{i}/**" for i in range(30)]
-    narrowed = agentcaps.attenuate(token, resources=thirty, clock=clock)
-    narrowed = agentcaps.attenuate(narrowed, resources=thirty, clock=clock)  # 1 + 60 patterns
-    assert check(verifier, narrowed, resource="crm/7/x").allowed
-    with pytest.raises(InvalidArgument, match="at most 64 resource patterns"):
-        agentcaps.attenuate(narrowed, resources=thirty[:4], clock=clock)
+    limit = cv.MAX_RESOURCE_PATTERNS
+    narrowed, held = token, 1  # 1 pattern as minted
+    while held < limit:  # each caveat must allow crm/7 on its own
+        step = ["crm/7/**", *(f"crm/{held + i}/x/**" for i in range(min(50, limit - held) - 1))]
+        narrowed = agentcaps.attenuate(narrowed, resources=step, clock=clock)
+        held += len(step)
+    assert check(verifier, narrowed, resource="crm/7/x").allowed  # exactly the limit
+    with pytest.raises(InvalidArgument, match=f"at most {limit} resource patterns") as refused:
+        agentcaps.attenuate(narrowed, resources=["crm/7/**"], clock=clock)
+    assert "narrow it with actions, purposes or ttl" in str(refused.value)
+    assert agentcaps.attenuate(
+        narrowed, actions=["read"], clock=clock
+    )  # other narrowing still works
     # Written by hand, as another implementation could.
     built.clear()
-    over = append(narrowed, cv.Resources(tuple(thirty[:4])).encode())
+    over = append(narrowed, cv.Resources(("crm/7/**",)).encode())
     assert check(verifier, over, resource="crm/7/x").reason is Reason.TOO_LARGE
     assert built == []
 
 
-def test_more_than_64_single_stars_in_all_are_too_large(token, verifier, clock):
-    """Each run with `*` between two `**` may cost a regex compile: a token holds a bounded number."""
-    sixteen = [f"crm/{i}/*/*/*/**" for i in range(16)]  # 48 single stars
-    narrowed = agentcaps.attenuate(token, resources=[*sixteen, "crm/**"], clock=clock)
+def test_more_than_64_single_stars_between_double_stars_are_too_large(token, verifier, clock):
+    """Each run with `*` between two `**` may cost a regex compile: a token holds a bounded number.
+
+    Patterns with at most one `**` compile nothing, and are not counted.
+    """
+    plain = [f"crm/{i}/*/*/*/**" for i in range(30)]  # 90 single stars, one ** each
+    narrowed = agentcaps.attenuate(token, resources=[*plain, "crm/**"], clock=clock)
+    many = [f"crm/{i}/**/*/*/*/**" for i in range(16)]  # 48 counted
+    narrowed = agentcaps.attenuate(narrowed, resources=[*many, "crm/**"], clock=clock)
     assert check(verifier, narrowed, resource="crm/7/a/b/c").allowed
-    with pytest.raises(InvalidArgument, match="at most 64 single"):
-        agentcaps.attenuate(narrowed, resources=[f"crm/{i}/*/*/*/*" for i in range(5)], clock=clock)
-    over = append(narrowed, cv.Resources(tuple(f"crm/{i}/*/*/*/*" for i in range(5))).encode())
+    more = [f"crm/{i}/**/*/*/*/*/**" for i in range(5)]  # 20 more: 68
+    with pytest.raises(InvalidArgument, match="at most 64"):
+        agentcaps.attenuate(narrowed, resources=more, clock=clock)
+    over = append(narrowed, cv.Resources(tuple(more)).encode())
     assert check(verifier, over, resource="crm/3/a/b/c/d").reason is Reason.TOO_LARGE
+    with pytest.raises(InvalidArgument, match="at most 64"):  # nor may a mint
+        agentcaps.connect().minter().mint(**{**SCOPE, "resources": [*many, *more]})
