@@ -707,7 +707,7 @@ NOTHING_CHECKED = 3
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Check the chains of the stream (or of a JSON-lines copy); exit 1 naming the first break."""
+    """Check the chains of the stream (or of a JSON-lines copy); exit 1 naming the first break, 3 with no events."""
     from agentcaps.audit import ChainReport, check_chains
 
     report: ChainReport
@@ -1327,7 +1327,7 @@ def build_parser() -> argparse.ArgumentParser:
         audit_commands,
         "verify",
         "check every writer's hash chain; exit 1 naming the first altered, deleted or "
-        "reordered event",
+        "reordered event, 3 when there is no event to check",
         cmd_audit_verify,
         parents=[late_store],
     )

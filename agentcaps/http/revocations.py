@@ -28,8 +28,8 @@ from agentcaps.mint import as_delegated, as_minted
 from agentcaps.revocation import Revocation, RevocationKind, revocation_for
 from agentcaps.service_tokens import admin_resource, caller, customer_resource
 
-# Branches of one token that may revoke themselves: first-level ones, deeper
-# ones under each first-level one, and deeper ones in all.
+# Branches of one token that may revoke themselves: those one holder made
+# (the children of one branch), and those of the whole token.
 MAX_SELF_REVOCATIONS = 1024
 MAX_SELF_REVOCATIONS_DEEP = 16 * 1024
 
@@ -100,11 +100,15 @@ def _revoke(service: Service, bearer: str, body: RevocationRequest) -> Revocatio
                 limit=MAX_SELF_REVOCATIONS,
                 total=MAX_SELF_REVOCATIONS_DEEP,
             ):
+                above = (
+                    "the token's first holder can still revoke the whole token"
+                    if len(revocation.subject) == 2
+                    else "the holder of the branch above it can still revoke that branch whole"
+                )
                 raise TooManySelfRevocations(
-                    "this branch's siblings revoked themselves as often as they may; the "
-                    "token's issuer or an admin can still revoke it (POST /v1/revocations with "
-                    "their token), and so can the holder of its first-level branch, by "
-                    "revoking that branch whole"
+                    "this token's branches revoked themselves as often as they may; "
+                    f"{above}, and its issuer or an admin can revoke anything "
+                    "(POST /v1/revocations with their token)"
                 )
         stored = service.stores.revocations.revoke(revocation)
         service.record(revocation_event(service.clock(), stored, target=target))

@@ -1042,23 +1042,19 @@ class RedisRevocationStore:
 
         Any holder can delegate offline and revoke the new branch with it, as
         often as it likes: each distinct branch takes a place (one already
-        counted takes none). First-level branches, which only the token's
-        first holder makes, have `limit` places of their own. Deeper ones
-        have `limit` places under each first-level branch, so that no
-        sub-agent spends its siblings', and `total` for the token. The
-        places are kept until `until`, when no entry of the token can live.
+        counted takes none). The branches made by one holder (the children of
+        one branch, or the first-level ones of the token's first holder) have
+        `limit` places, so no holder spends its siblings'; the token has
+        `total` in all, which bounds what any holder can store. The places
+        are kept until `until`, when no entry of the token can live.
 
         Raises:
             StoreUnavailable: Redis did not answer.
         """
-        token_id, first = path[0], path[1]
-        base = self._layout.rv_self + token_id
-        if len(path) == 2:
-            keys, most = [base + ":1", base + ":1:n"], limit
-        else:
-            keys, most = [f"{base}:{first}", base + ":n"], total
+        base = self._layout.rv_self + path[0]
+        keys = [f"{base}:g:{'/'.join(path[1:-1])}", base + ":all"]
         try:
-            reply = self._reserve(keys=keys, args=["/".join(path), limit, most, until])
+            reply = self._reserve(keys=keys, args=["/".join(path), limit, total, until])
         except _ERRORS as exc:
             raise _unavailable(exc) from None
         return int(cast("int", reply)) >= 0

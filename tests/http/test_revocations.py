@@ -52,9 +52,17 @@ def test_a_tokens_branches_revoke_themselves_a_bounded_number_of_times(
         body = assert_error(api.post("/v1/revocations", {"token": branch}, branch), 429)
         assert body["error"] == "too_many_revocations" and "issuer or an admin" in body["detail"]
     assert reason(api, branch) == "ok"  # not revoked
-    # The sibling's workers have places of their own.
+    # The sibling's workers have places of their own, and so do the rogue's
+    # own siblings one level down.
     worker = agentcaps.attenuate(good, delegate_to="worker")
     assert api.post("/v1/revocations", {"token": worker}, worker).status_code == 201
+    lead = agentcaps.attenuate(parent, delegate_to="lead")
+    bad_worker = agentcaps.attenuate(lead, delegate_to="bad")
+    good_worker = agentcaps.attenuate(lead, delegate_to="fine")
+    for _ in range(5):
+        spent = agentcaps.attenuate(bad_worker, delegate_to="x")
+        assert api.post("/v1/revocations", {"token": spent}, spent).status_code == 201
+    assert api.post("/v1/revocations", {"token": good_worker}, good_worker).status_code == 201
     # First-level branches are the first holder's own: the rogue spent none of theirs.
     assert api.post("/v1/revocations", {"token": rogue}, rogue).status_code == 201
     assert api.post("/v1/revocations", {"token": good}, good).status_code == 201
@@ -81,6 +89,13 @@ def test_deeper_self_revocations_are_bounded_for_the_whole_token(
             worker = agentcaps.attenuate(lead, delegate_to="w")
             answers.append(api.post("/v1/revocations", {"token": worker}, worker).status_code)
     assert answers == [201, 201, 201, 429, 429, 429]
+    # A first-level branch refused: the message names who still can.
+    monkeypatch.setattr(revocations, "MAX_SELF_REVOCATIONS_DEEP", 100)
+    for n in range(3):
+        lead = agentcaps.attenuate(parent, delegate_to=f"next{n}")
+        response = api.post("/v1/revocations", {"token": lead}, lead)
+    body = assert_error(response, 429)
+    assert "first holder can still revoke the whole token" in body["detail"]
 
 
 def test_a_token_revokes_itself_only_while_it_is_in_force(api: Api) -> None:
