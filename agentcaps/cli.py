@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import agentcaps
 from agentcaps import policy_cli
-from agentcaps.caveats import check_name
 from agentcaps.config import MEMORY_URL, Settings, new_master_key_text, redact_url
 from agentcaps.errors import (
     AgentCapsError,
@@ -178,6 +177,11 @@ def _who() -> str:
 
 
 # -- stores --------------------------------------------------------------------
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    """The store a store command opens: --redis, else AGENTCAPS_REDIS_URL, else memory://."""
+    return str(args.redis or Settings.from_env().url)
 
 
 @contextlib.contextmanager
@@ -390,10 +394,8 @@ def _report(checks: Sequence[Check]) -> int:
 def cmd_keys_create(args: argparse.Namespace, stores: Stores) -> None:
     from agentcaps.audit import key_event
 
-    # None is the platform: an empty name must not quietly mean it.
-    customer = None if args.customer is None else check_name(args.customer, "--customer")
     with _recording(stores) as recorder:
-        key = stores.keys.create(customer)
+        key = stores.keys.create(args.customer)
         _record(recorder, key_event(time.time(), "create", key, caller=_who()))
     _print_json(key.to_dict())
 
@@ -719,7 +721,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             "audit verify reads the trail itself (AGENTCAPS_REDIS_URL or --redis, or --jsonl "
             "FILE), not through the service: drop --url"
         )
-    if args.jsonl is None and (args.redis or Settings.from_env().url) == MEMORY_URL:
+    if args.jsonl is None and _store_url(args) == MEMORY_URL:
         raise UsageError(
             "audit verify needs the store the trail is in (AGENTCAPS_REDIS_URL or --redis): "
             "memory:// would be this command's own, empty one"
@@ -952,7 +954,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def check_admin_token(args: argparse.Namespace) -> None:
-    if (args.redis or Settings.from_env().url) == MEMORY_URL:
+    if _store_url(args) == MEMORY_URL:
         raise ConfigError(
             "admin-token needs the deployment's store (AGENTCAPS_REDIS_URL and "
             "AGENTCAPS_MASTER_KEY): a token signed on memory:// is valid nowhere else. "

@@ -71,14 +71,21 @@ def opened(trails: list[AuditTrail], stores: Stores, **options: Any) -> AuditTra
     return trail
 
 
-def record_while_redis_is_down(
-    trail: AuditTrail, server: RedisServer, count: int
-) -> ProcessRecorder:
-    """The writer process up (event e0 through it), then Redis stopped and events e1…e`count` recorded."""
+def writing(trail: AuditTrail) -> tuple[ProcessRecorder, int]:
+    """The trail's writer process, up (event e0 through it), and its pid."""
     recorder = trail.recorder
     assert isinstance(recorder, ProcessRecorder)
     recorder.record(numbered(0))
     assert recorder.flush(30)
+    assert recorder.writer_pid is not None
+    return recorder, recorder.writer_pid
+
+
+def record_while_redis_is_down(
+    trail: AuditTrail, server: RedisServer, count: int
+) -> ProcessRecorder:
+    """The writer process up (event e0 through it), then Redis stopped and events e1…e`count` recorded."""
+    recorder, _pid = writing(trail)
     server.stop()
     for n in range(1, count + 1):
         recorder.record(numbered(n))
@@ -282,12 +289,7 @@ def test_a_hung_writer_is_killed_and_replaced_and_callers_never_wait_on_it(
     """A writer that takes no input (stopped here) counts as hung: replaced, its frames sent again."""
     monkeypatch.setattr(audit_writer, "STALL_TIMEOUT", 1.0)
     trail = opened(trails, stores_on(redis_server, spool), interval=0.01, queue_limit=4096)
-    recorder = trail.recorder
-    assert isinstance(recorder, ProcessRecorder)
-    recorder.record(numbered(0))
-    assert recorder.flush(30)
-    hung = recorder.writer_pid
-    assert hung is not None
+    recorder, hung = writing(trail)
     os.kill(hung, signal.SIGSTOP)
     try:
         # Far more than the pipe holds, and past the queue limit: callers send
@@ -433,11 +435,7 @@ def test_a_busy_writer_that_still_reports_is_waited_for_not_killed(
     """Its input full for longer than the stall timeout, but reporting: the same writer takes every event."""
     monkeypatch.setattr(audit_writer, "STALL_TIMEOUT", 1.0)
     trail = opened(trails, stores_on(redis_server, spool), command=SLOW, interval=0.01)
-    recorder = trail.recorder
-    assert isinstance(recorder, ProcessRecorder)
-    recorder.record(numbered(0))
-    assert recorder.flush(30)
-    pid = recorder.writer_pid
+    recorder, pid = writing(trail)
     for n in range(1, 30_000):  # several MB: far more than the pipe holds
         recorder.record(numbered(n))
     assert recorder.flush(120)
